@@ -1,0 +1,61 @@
+"""Database set-up: one tortoise context per process, and the migrations in ``migrations/``.
+
+We use tortoise-orm 1.x's own migrations rather than aerich: they are generated from the
+models and turned into SQL when applied, so one ``migrations/`` folder serves SQLite and
+PostgreSQL (aerich writes SQL for one backend). docs/architecture.md says more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tortoise.context import TortoiseContext
+from tortoise.migrations.executor import MigrationExecutor
+
+MODELS = ["notify.models"]
+APP = "models"
+
+
+def tortoise_config(database_url: str) -> dict[str, Any]:
+    url = database_url
+    if url.startswith("postgresql://"):
+        url = "asyncpg://" + url[len("postgresql://") :]
+    return {
+        "connections": {"default": url},
+        "apps": {APP: {"models": MODELS, "migrations": "migrations",
+                       "default_connection": "default"}},
+        "use_tz": True,
+        "timezone": "UTC",
+    }
+
+
+#: For tortoise's own CLI (``tortoise makemigrations``), named in pyproject.toml.
+TORTOISE_ORM = tortoise_config("sqlite://:memory:")
+
+
+async def open_db(database_url: str, *, create: bool = False) -> TortoiseContext:
+    """Open the database. Use the result as ``with ctx:`` where code touches models."""
+    ctx = TortoiseContext()
+    try:
+        with ctx:
+            await ctx.init(config=tortoise_config(database_url), _create_db=create)
+    except BaseException:
+        await ctx.close_connections()
+        raise
+    return ctx
+
+
+async def close_db(ctx: TortoiseContext) -> None:
+    await ctx.close_connections()
+
+
+async def apply_migrations(
+    ctx: TortoiseContext, progress: Callable[[str, str, str], object] | None = None
+) -> list[str]:
+    """Apply pending migrations; returns the names applied (empty when up to date)."""
+    with ctx:
+        executor = MigrationExecutor(ctx.db(), {APP: TORTOISE_ORM["apps"][APP]})
+        steps = await executor.plan()
+        await executor.migrate(progress=progress)
+    return [f"{step.migration.app_label}.{step.migration.name}" for step in steps]

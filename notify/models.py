@@ -1,0 +1,132 @@
+"""The stored data (tortoise-orm). Migrations in ``migrations/`` build it on SQLite and
+PostgreSQL; a test fails if a model changes without a migration.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from tortoise import fields
+from tortoise.exceptions import OperationalError
+from tortoise.models import Model
+
+from notify.consent import ConsentSource, ConsentState
+
+
+class SuppressionReason(StrEnum):
+    HARD_BOUNCE = "hard_bounce"  # the address does not exist or refuses mail for good
+    COMPLAINT = "complaint"  # the recipient reported our mail as spam
+    CARRIER_OPT_OUT = "carrier_opt_out"  # the carrier says the number replied STOP
+    MANUAL = "manual"  # support blocked the address on request
+
+
+class AddressKind(StrEnum):
+    EMAIL = "email"
+    PHONE = "phone"
+
+
+class User(Model):
+    """A person of the main app. ``external_id`` is the main app's id for them."""
+
+    id = fields.BigIntField(primary_key=True)
+    # After erasure this becomes "erased:" + a keyed hash of the old id: the ledger stays
+    # provable for someone who presents the id, without naming the person.
+    external_id = fields.CharField(max_length=255, unique=True)
+    email = fields.CharField(max_length=320, null=True, unique=True)
+    email_verified = fields.BooleanField(default=False)
+    phone = fields.CharField(max_length=16, null=True, unique=True)
+    phone_verified = fields.BooleanField(default=False)
+    locale = fields.CharField(max_length=35, default="en")
+    time_zone = fields.CharField(max_length=64, null=True)
+    name = fields.CharField(max_length=200, null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+    erased_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "users"
+
+
+class Consent(Model):
+    """The current state of one user's consent to one topic. No row: never asked."""
+
+    id = fields.BigIntField(primary_key=True)
+    user = fields.ForeignKeyField("models.User", related_name="consents", on_delete=fields.CASCADE)
+    topic = fields.CharField(max_length=64)
+    state = fields.CharEnumField(ConsentState, max_length=16)
+    updated_at = fields.DatetimeField()
+
+    class Meta:
+        table = "consents"
+        unique_together = (("user", "topic"),)
+
+
+class ConsentEvent(Model):
+    """Append-only ledger: every consent change, with who, when, how and the policy version.
+
+    Nothing updates or deletes an event; ``save`` refuses to update and ``delete`` refuses
+    outright. The one sanctioned redaction is erasure (``notify.store.erase_user``), which
+    blanks the contact evidence (IP, user agent, note) in bulk SQL.
+    """
+
+    id = fields.BigIntField(primary_key=True)
+    user = fields.ForeignKeyField(
+        "models.User", related_name="consent_events", on_delete=fields.RESTRICT
+    )
+    topic = fields.CharField(max_length=64)
+    from_state = fields.CharEnumField(ConsentState, max_length=16, null=True)
+    to_state = fields.CharEnumField(ConsentState, max_length=16)
+    source = fields.CharEnumField(ConsentSource, max_length=32)
+    actor = fields.CharField(max_length=200, null=True)
+    ip = fields.CharField(max_length=45, null=True)
+    user_agent = fields.CharField(max_length=512, null=True)
+    policy_version = fields.CharField(max_length=64)
+    note = fields.TextField(null=True)
+    # When the person acted (an import carries the original time); recorded_at is ours.
+    occurred_at = fields.DatetimeField()
+    recorded_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "consent_events"
+        indexes = (("user_id", "id"),)
+
+    async def save(self, *args, **kwargs) -> None:  # type: ignore[override]
+        if not self._saved_in_db:
+            await super().save(*args, **kwargs)
+            return
+        raise OperationalError("consent events are append-only")
+
+    async def delete(self, *args, **kwargs) -> None:  # type: ignore[override]
+        raise OperationalError("consent events are append-only")
+
+
+class Suppression(Model):
+    """An address we must never send to again, kept as a keyed hash so it outlives erasure."""
+
+    id = fields.BigIntField(primary_key=True)
+    kind = fields.CharEnumField(AddressKind, max_length=8)
+    address_hash = fields.CharField(max_length=64)
+    reason = fields.CharEnumField(SuppressionReason, max_length=32)
+    note = fields.TextField(null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "suppressions"
+        unique_together = (("kind", "address_hash"),)
+
+
+class PolicyVersion(Model):
+    """A published version of the privacy policy (§1.4). Immutable once published."""
+
+    id = fields.BigIntField(primary_key=True)
+    version = fields.CharField(max_length=64, unique=True)
+    title = fields.CharField(max_length=200)
+    summary = fields.TextField()
+    url = fields.CharField(max_length=2000)
+    effective_at = fields.DatetimeField()
+    material = fields.BooleanField()
+    published_at = fields.DatetimeField(auto_now_add=True)
+    published_by = fields.CharField(max_length=64)
+
+    class Meta:
+        table = "policy_versions"

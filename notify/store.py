@@ -1,0 +1,230 @@
+"""Reading and writing users, consents and the ledger. Every consent change and its ledger
+event are written in one transaction, so the state always equals the ledger's last word.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from tortoise.exceptions import IntegrityError
+from tortoise.transactions import in_transaction
+
+from notify.consent import Change, ConsentSource, ConsentState, decide
+from notify.errors import Conflict, InvalidRequest, NotFound
+from notify.models import AddressKind, Consent, ConsentEvent, PolicyVersion, Suppression, User
+from notify.settings import Channel, Topic, TopicKind
+
+#: User fields the API and the importer may set.
+USER_FIELDS = ("email", "email_verified", "phone", "phone_verified", "locale", "time_zone", "name")
+USER_DEFAULTS: dict[str, Any] = {
+    "email": None,
+    "email_verified": False,
+    "phone": None,
+    "phone_verified": False,
+    "locale": "en",
+    "time_zone": None,
+    "name": None,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """Who made a consent change and how; recorded in the ledger with it."""
+
+    source: ConsentSource
+    actor: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+    note: str | None = None
+    occurred_at: datetime | None = None
+    policy_version: str | None = None
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def address_hash(hash_key: bytes, kind: AddressKind, address: str) -> str:
+    """Keyed hash of an address: suppressions keep working after the address is erased."""
+    normalized = address.strip().lower() if kind is AddressKind.EMAIL else address.strip()
+    message = f"{kind.value}:{normalized}".encode()
+    return hmac.new(hash_key, message, hashlib.sha256).hexdigest()
+
+
+async def get_user(external_id: str) -> User:
+    user = await User.get_or_none(external_id=external_id)
+    if user is None:
+        raise NotFound(f"no user with id {external_id!r}", field="path.id")
+    return user
+
+
+async def save_user(external_id: str, values: Mapping[str, Any], *, replace: bool) -> tuple[User, bool]:
+    """Create or update a user. ``replace`` resets every field not given to its default.
+
+    Returns the user and whether it was created. An email or phone that belongs to another
+    user is a :class:`Conflict`; the unique indexes make that hold under concurrency too.
+    """
+    fields = {**(USER_DEFAULTS if replace else {}), **values}
+    try:
+        async with in_transaction():
+            user = await User.select_for_update().get_or_none(external_id=external_id)
+            await _check_addresses_free(user, fields)
+            if user is None:
+                user = await User.create(external_id=external_id, **{**USER_DEFAULTS, **fields})
+                return user, True
+            if fields:
+                user.update_from_dict(fields)
+                await user.save()
+            return user, False
+    except IntegrityError:
+        raise Conflict("the email or phone belongs to another user, or the user was just "
+                       "created by a concurrent request; retry") from None
+
+
+async def _check_addresses_free(user: User | None, fields: Mapping[str, Any]) -> None:
+    for name in ("email", "phone"):
+        address = fields.get(name)
+        if address is None:
+            continue
+        owner = await User.filter(**{name: address}).only("id").first()
+        if owner is not None and (user is None or owner.id != user.id):
+            raise Conflict(f"this {name} belongs to another user", field=f"body.{name}")
+
+
+async def policy_version_in_force(default: str) -> str:
+    """The newest published version already in effect, else the configured one."""
+    latest = (
+        await PolicyVersion.filter(effective_at__lte=now())
+        .order_by("-effective_at", "-id")
+        .only("version")
+        .first()
+    )
+    return latest.version if latest else default
+
+
+async def consent_states(user: User) -> dict[str, Consent]:
+    return {c.topic: c for c in await Consent.filter(user_id=user.id)}
+
+
+async def change_consent(
+    user: User,
+    topic: Topic,
+    subscribe: bool,
+    evidence: Evidence,
+    *,
+    default_policy: str,
+    requested: ConsentState | None = None,
+) -> tuple[Change, ConsentEvent | None]:
+    """Apply a consent request; writes the state and its ledger event in one transaction."""
+    if user.erased_at is not None:
+        raise InvalidRequest("this user was erased", field="path.id")
+    policy = evidence.policy_version or await policy_version_in_force(default_policy)
+    for attempt in range(2):
+        try:
+            return await _change_once(user, topic, subscribe, evidence, policy, requested)
+        except IntegrityError:
+            # Two first-ever requests for the same topic raced to insert its row; the loser
+            # retries once and now sees the winner's row under the lock.
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _change_once(
+    user: User,
+    topic: Topic,
+    subscribe: bool,
+    evidence: Evidence,
+    policy: str,
+    requested: ConsentState | None,
+) -> tuple[Change, ConsentEvent | None]:
+    async with in_transaction():
+        row = (
+            await Consent.select_for_update()
+            .filter(user_id=user.id, topic=topic.name)
+            .first()
+        )
+        current = ConsentState(row.state) if row else None
+        change = decide(topic, current, subscribe, evidence.source, requested)
+        if change.to_state is None:
+            return change, None
+        when = now()
+        if row is None:
+            await Consent.create(user_id=user.id, topic=topic.name, state=change.to_state,
+                                 updated_at=when)
+        else:
+            row.state = change.to_state
+            row.updated_at = when
+            await row.save(update_fields=["state", "updated_at"])
+        event = await ConsentEvent.create(
+            user_id=user.id,
+            topic=topic.name,
+            from_state=change.from_state,
+            to_state=change.to_state,
+            source=evidence.source,
+            actor=evidence.actor,
+            ip=evidence.ip,
+            user_agent=evidence.user_agent,
+            policy_version=policy,
+            note=evidence.note,
+            occurred_at=evidence.occurred_at or when,
+        )
+        return change, event
+
+
+async def list_events(user: User, *, limit: int, before: int | None) -> list[ConsentEvent]:
+    """The user's ledger, newest first; ``before`` is the id cursor of the next page."""
+    query = ConsentEvent.filter(user_id=user.id)
+    if before is not None:
+        query = query.filter(id__lt=before)
+    return await query.order_by("-id").limit(limit)
+
+
+async def suppressed_kinds(user: User, hash_key: bytes) -> list[Suppression]:
+    hashes = []
+    if user.email:
+        hashes.append((AddressKind.EMAIL, address_hash(hash_key, AddressKind.EMAIL, user.email)))
+    if user.phone:
+        hashes.append((AddressKind.PHONE, address_hash(hash_key, AddressKind.PHONE, user.phone)))
+    found: list[Suppression] = []
+    for kind, digest in hashes:
+        row = await Suppression.get_or_none(kind=kind, address_hash=digest)
+        if row is not None:
+            found.append(row)
+    return found
+
+
+async def erase_user(
+    user: User, topics: Mapping[str, Topic], *, hash_key: bytes, actor: str, default_policy: str
+) -> None:
+    """Erase a user's contact data (GDPR Art. 17) and keep what proves and honours consent.
+
+    Consents still held are withdrawn first, with ledger events, so the ledger shows when
+    they ended. Then the contact data goes, the main app's id is replaced by a keyed hash,
+    and the personal evidence in the ledger (IP, user agent, free-text note) is blanked:
+    the one sanctioned change to ledger rows. Suppression hashes stay as they are.
+    """
+    if user.erased_at is not None:
+        return
+    last = await ConsentEvent.filter(user_id=user.id).order_by("-id").only("id").first()
+    evidence = Evidence(source=ConsentSource.API, actor=actor, note="erasure")
+    for name, consent in (await consent_states(user)).items():
+        if consent.state != ConsentState.UNSUBSCRIBED:
+            # A topic removed from the config since still gets its withdrawal recorded.
+            topic = topics.get(name) or Topic(name, Channel.EMAIL, TopicKind.SERVICE, False,
+                                              {"en": name})
+            await change_consent(user, topic, False, evidence, default_policy=default_policy)
+    async with in_transaction():
+        digest = hmac.new(hash_key, user.external_id.encode(), hashlib.sha256).hexdigest()
+        user.update_from_dict({**USER_DEFAULTS, "external_id": f"erased:{digest}",
+                               "erased_at": now()})
+        await user.save()
+        if last is not None:
+            await ConsentEvent.filter(user_id=user.id, id__lte=last.id).update(
+                ip=None, user_agent=None, note=None
+            )

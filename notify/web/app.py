@@ -1,0 +1,75 @@
+"""The aiohttp application factory. Resources follow the app: each is one cleanup_ctx entry."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+from tortoise.context import TortoiseContext
+
+from notify.db import apply_migrations, close_db, open_db
+from notify.sender import Sender, running
+from notify.settings import Settings
+from notify.web.endpoints import DB, SETTINGS, openapi
+from notify.web.problems import problem_middleware
+from notify.web.routes import ENDPOINTS
+
+log = logging.getLogger(__name__)
+
+
+def make_app(
+    settings: Settings, *, migrate: bool = True, start_sender: bool = False
+) -> web.Application:
+    """Build the app. Tests leave ``start_sender`` off and drive the sender themselves."""
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[problem_middleware, db_context_middleware],
+    )
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_database(settings, migrate=migrate))
+    if start_sender:
+        app.cleanup_ctx.append(_sender)
+    for endpoint in ENDPOINTS:
+        app.router.add_route(endpoint.method, endpoint.path, endpoint.handler())
+    spec = json.dumps(openapi(ENDPOINTS, settings.public_url))
+
+    async def openapi_json(request: web.Request) -> web.Response:
+        return web.Response(text=spec, content_type="application/json")
+
+    app.router.add_get("/openapi.json", openapi_json)
+    return app
+
+
+def _database(settings: Settings, *, migrate: bool) -> Callable[[web.Application],
+                                                                AsyncIterator[None]]:
+    async def database(app: web.Application) -> AsyncIterator[None]:
+        ctx = await open_db(settings.database_url)
+        try:
+            if migrate:
+                applied = await apply_migrations(ctx)
+                if applied:
+                    log.info("applied migrations: %s", ", ".join(applied))
+            app[DB] = ctx
+            yield
+        finally:
+            await close_db(ctx)
+
+    return database
+
+
+async def _sender(app: web.Application) -> AsyncIterator[None]:
+    async with running(Sender(app[DB])):
+        yield
+
+
+@web.middleware
+async def db_context_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    # Tortoise keeps its state in a context variable; each request task enters the app's
+    # database context explicitly, so nothing depends on which task started the app.
+    ctx: TortoiseContext = request.app[DB]
+    with ctx:
+        return await handler(request)

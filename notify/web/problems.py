@@ -1,0 +1,110 @@
+"""RFC 9457 problem responses, and the one middleware that turns every error into one.
+
+The HTTP status of each error class is chosen here and nowhere else. A bug still answers
+a plain 500 problem, logged with its traceback on our side, never shown to the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from pydantic import ValidationError
+from tortoise.exceptions import DBConnectionError
+
+from notify.errors import Conflict, FieldError, InvalidRequest, NotFound, NotifyError
+from notify.web.schemas import FieldProblem, Problem
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class BadRequest(NotifyError):
+    title = "Malformed request"
+
+
+class Unauthorized(NotifyError):
+    title = "Unauthorized"
+
+
+class Forbidden(NotifyError):
+    title = "Forbidden"
+
+
+class PayloadTooLarge(NotifyError):
+    title = "Request body too large"
+
+
+class UnsupportedMediaType(NotifyError):
+    title = "Unsupported media type"
+
+
+STATUS: dict[type[NotifyError], int] = {
+    BadRequest: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    InvalidRequest: 422,
+}
+
+
+def problem(status: int, title: str, detail: str, errors: list[FieldError] | None = None,
+            headers: dict[str, str] | None = None) -> web.Response:
+    body = Problem(
+        title=title,
+        status=status,
+        detail=detail,
+        errors=[FieldProblem(field=e.field, message=e.message) for e in errors or []],
+    )
+    return web.Response(
+        status=status,
+        text=json.dumps(body.as_dict()),
+        content_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+def validation_errors(exc: ValidationError, where: str) -> list[FieldError]:
+    """Name each failing field as ``body.email`` or ``query.limit``."""
+    found = []
+    for error in exc.errors(include_url=False):
+        path = ".".join(str(part) for part in (where, *error["loc"]))
+        found.append(FieldError(path, error["msg"]))
+    return found
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except NotifyError as exc:
+        status = next(code for cls, code in STATUS.items() if isinstance(exc, cls))
+        headers = {"WWW-Authenticate": 'Bearer realm="notify"'} if status == 401 else None
+        return problem(status, exc.title, exc.detail, exc.errors, headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 413:
+            return problem(413, PayloadTooLarge.title, exc.text or "request body too large")
+        return problem(exc.status, exc.reason, exc.reason, headers=_allow(exc))
+    except (DBConnectionError, ConnectionError) as exc:
+        log.warning("database unavailable: %s", exc)
+        return problem(503, "Service unavailable", "the database is unavailable; retry shortly",
+                       headers={"Retry-After": "5"})
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return problem(500, "Internal error", "an internal error occurred; it has been logged")
+
+
+def _allow(exc: web.HTTPException) -> dict[str, str] | None:
+    allow = exc.headers.get("Allow")
+    return {"Allow": allow} if allow else None

@@ -1,0 +1,45 @@
+"""Constants and helpers shared by the tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+PG_ADMIN = os.environ.get("NOTIFY_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/test")
+APP_KEY = "app-key-0123456789abcdef"
+ADMIN_KEY = "admin-key-0123456789abcdef"
+APP = {"Authorization": f"Bearer {APP_KEY}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+TABLES = ("consent_events", "consents", "suppressions", "policy_versions", "users")
+
+
+def environ_for(database_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    return {
+        "NOTIFY_DATABASE_URL": database_url,
+        "NOTIFY_DATA_DIR": str(data_dir),
+        "NOTIFY_API_KEYS": f"app:{APP_KEY},admin:{ADMIN_KEY}",
+        "NOTIFY_SECRET_KEYS": "k1:" + "s" * 40,
+        "NOTIFY_HASH_KEY": "h" * 32,
+        "NOTIFY_PUBLIC_URL": "http://127.0.0.1:8080",
+        **extra,
+    }
+
+
+async def snapshot(orm) -> dict[str, list]:  # noqa: ANN001
+    """Every row of every table, to prove that a refused request changed nothing."""
+    rows = {}
+    with orm:
+        db = orm.db()
+        for table in TABLES:
+            _, found = await db.execute_query(f"SELECT * FROM {table} ORDER BY id")
+            rows[table] = [dict(r) for r in found]
+    return rows
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
