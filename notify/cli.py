@@ -163,13 +163,14 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     if args.batch_size < 1:
         raise ImportFileError("--batch-size must be at least 1")
     err = Console(stderr=True)
+    size = path.stat().st_size
 
     async def work(ctx) -> int:  # noqa: ANN001
         await apply_migrations(ctx)
         columns = [BarColumn(), DownloadColumn(), TimeRemainingColumn()]
         with Progress("[progress.description]{task.description}", *columns, console=err,
                       transient=False) as progress:
-            task = progress.add_task(f"importing {path.name}", total=path.stat().st_size)
+            task = progress.add_task(f"importing {path.name}", total=size)
             report = await import_users(
                 settings, path, batch_size=args.batch_size,
                 on_progress=lambda done: progress.update(task, completed=done),

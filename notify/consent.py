@@ -89,7 +89,7 @@ def decide(
     elif current is ConsentState.SUBSCRIBED:
         # Subscribing again never downgrades a confirmed subscription to pending.
         return Change(current, None)
-    elif requested is ConsentState.PENDING and source is ConsentSource.IMPORT or topic.double_opt_in and source not in CONFIRMING_SOURCES:
+    elif _needs_confirmation(topic, source, requested):
         target = ConsentState.PENDING
     elif source is ConsentSource.CONFIRMATION and current is not ConsentState.PENDING:
         # A confirmation link confirms a pending request, nothing else.
@@ -99,6 +99,14 @@ def decide(
     if target is current:
         return Change(current, None)
     return Change(current, target)
+
+
+def _needs_confirmation(topic: Topic, source: ConsentSource,
+                        requested: ConsentState | None) -> bool:
+    if source is ConsentSource.IMPORT:
+        # An import may carry a request that was still waiting for confirmation.
+        return requested is ConsentState.PENDING
+    return topic.double_opt_in and source not in CONFIRMING_SOURCES
 
 
 def is_subscribed(state: ConsentState | None) -> bool:

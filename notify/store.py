@@ -63,7 +63,9 @@ async def get_user(external_id: str) -> User:
     return user
 
 
-async def save_user(external_id: str, values: Mapping[str, Any], *, replace: bool) -> tuple[User, bool]:
+async def save_user(
+    external_id: str, values: Mapping[str, Any], *, replace: bool
+) -> tuple[User, bool]:
     """Create or update a user. ``replace`` resets every field not given to its default.
 
     Returns the user and whether it was created. An email or phone that belongs to another
