@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tortoise.context import TortoiseContext
+from tortoise.exceptions import DBConnectionError, OperationalError
 from tortoise.migrations.executor import MigrationExecutor
 
 MODELS = ["notify.models"]
@@ -35,15 +36,31 @@ TORTOISE_ORM = tortoise_config("sqlite://:memory:")
 
 
 async def open_db(database_url: str, *, create: bool = False) -> TortoiseContext:
-    """Open the database. Use the result as ``with ctx:`` where code touches models."""
+    """Open the database. Use the result as ``with ctx:`` where code touches models.
+
+    ``create`` makes a missing PostgreSQL database (SQLite creates its file by itself).
+    """
     ctx = TortoiseContext()
     try:
         with ctx:
-            await ctx.init(config=tortoise_config(database_url), _create_db=create)
+            await ctx.init(config=tortoise_config(database_url))
+            if create and not database_url.startswith("sqlite"):
+                await _create_if_missing(ctx, database_url)
     except BaseException:
         await ctx.close_connections()
         raise
     return ctx
+
+
+async def _create_if_missing(ctx: TortoiseContext, database_url: str) -> None:
+    try:
+        await ctx.db().execute_query("SELECT 1")
+    except (OperationalError, DBConnectionError) as exc:
+        # asyncpg's InvalidCatalogNameError, wrapped by tortoise: the database is missing.
+        if type(exc.__cause__).__name__ != "InvalidCatalogNameError":
+            raise
+        await ctx.close_connections()
+        await ctx.init(config=tortoise_config(database_url), _create_db=True)
 
 
 async def close_db(ctx: TortoiseContext) -> None:

@@ -75,7 +75,8 @@ def validation_errors(exc: ValidationError, where: str) -> list[FieldError]:
     found = []
     for error in exc.errors(include_url=False):
         path = ".".join(str(part) for part in (where, *error["loc"]))
-        found.append(FieldError(path, error["msg"]))
+        # pydantic prefixes messages from our own validators with "Value error, ".
+        found.append(FieldError(path, error["msg"].removeprefix("Value error, ")))
     return found
 
 
