@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from support import TABLES
 from tortoise.migrations.autodetector import MigrationAutodetector
 
 from notify.db import APP, TORTOISE_ORM, apply_migrations, close_db, open_db
 from notify.models import ConsentEvent
-from support import TABLES
 
 
 async def test_models_have_no_unwritten_migration():
