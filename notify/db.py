@@ -7,7 +7,8 @@ PostgreSQL (aerich writes SQL for one backend). docs/architecture.md says more.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from tortoise.context import TortoiseContext
@@ -22,6 +23,10 @@ def tortoise_config(database_url: str) -> dict[str, Any]:
     url = database_url
     if url.startswith("postgresql://"):
         url = "asyncpg://" + url[len("postgresql://") :]
+    if url.startswith("sqlite://") and "busy_timeout" not in url:
+        # A CLI import and a running server share the file: wait for the other's write
+        # lock instead of failing at once with "database is locked".
+        url += ("&" if "?" in url else "?") + "busy_timeout=5000"
     return {
         "connections": {"default": url},
         "apps": {APP: {"models": MODELS, "migrations": "migrations",
@@ -72,7 +77,31 @@ async def apply_migrations(
 ) -> list[str]:
     """Apply pending migrations; returns the names applied (empty when up to date)."""
     with ctx:
-        executor = MigrationExecutor(ctx.db(), {APP: TORTOISE_ORM["apps"][APP]})
-        steps = await executor.plan()
-        await executor.migrate(progress=progress)
+        async with _migration_lock(ctx):
+            executor = MigrationExecutor(ctx.db(), {APP: TORTOISE_ORM["apps"][APP]})
+            steps = await executor.plan()
+            await executor.migrate(progress=progress)
     return [f"{step.migration.app_label}.{step.migration.name}" for step in steps]
+
+
+#: Any fixed number: the PostgreSQL advisory lock that serialises migrations.
+_MIGRATION_LOCK = 0x6E6F7469  # "noti"
+
+
+@contextlib.asynccontextmanager
+async def _migration_lock(ctx: TortoiseContext) -> AsyncIterator[None]:
+    """Several ``notify serve`` processes starting at once migrate one after the other.
+
+    On PostgreSQL a session advisory lock, held on one connection for the whole run; the
+    others wait, then find nothing left to apply. SQLite serialises writers by itself.
+    """
+    db = ctx.db()
+    if db.capabilities.dialect != "postgres":
+        yield
+        return
+    async with db.acquire_connection() as connection:
+        await connection.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+        try:
+            yield
+        finally:
+            await connection.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from support import TABLES
 from tortoise.migrations.autodetector import MigrationAutodetector
@@ -68,3 +70,21 @@ async def test_ledger_rows_cannot_be_updated_or_deleted(orm, alice):
         with pytest.raises(Exception, match="append-only"):
             await event.delete()
         assert (await ConsentEvent.get(id=event.id)).note is None
+
+
+@pytest.mark.postgres
+def test_concurrent_start_ups_migrate_once(fresh_pg_database):
+    url = fresh_pg_database()
+
+    async def start() -> list[str]:
+        ctx = await open_db(url)
+        try:
+            return await apply_migrations(ctx)
+        finally:
+            await close_db(ctx)
+
+    async def race() -> list[list[str]]:
+        return await asyncio.gather(*(start() for _ in range(3)))
+
+    results = asyncio.run(race())
+    assert sorted(len(r) for r in results) == [0, 0, 1]
