@@ -13,17 +13,13 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from tortoise.context import TortoiseContext
-
 log = logging.getLogger(__name__)
 
 Job = Callable[[], Awaitable[int]]
 
 
 class Sender:
-    def __init__(self, ctx: TortoiseContext, *, poll_seconds: float = 1.0,
-                 jobs: list[Job] | None = None) -> None:
-        self.ctx = ctx
+    def __init__(self, *, poll_seconds: float = 1.0, jobs: list[Job] | None = None) -> None:
         self.poll_seconds = poll_seconds
         self.jobs = list(jobs or [])
         self.passes = 0
@@ -32,14 +28,13 @@ class Sender:
     async def run_once(self) -> int:
         """One pass over every job; returns how many items they handled."""
         handled = 0
-        with self.ctx:
-            for job in self.jobs:
-                try:
-                    handled += await job()
-                except Exception:
-                    # One failing job must not stop the others or the loop; it is retried
-                    # on the next pass.
-                    log.exception("sender job %s failed", getattr(job, "__name__", job))
+        for job in self.jobs:
+            try:
+                handled += await job()
+            except Exception:
+                # One failing job must not stop the others or the loop; it is retried on
+                # the next pass.
+                log.exception("sender job %s failed", getattr(job, "__name__", job))
         self.passes += 1
         return handled
 

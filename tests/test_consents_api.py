@@ -148,3 +148,25 @@ async def test_consent_list_has_every_topic(client, alice):
     consents = (await resp.json())["consents"]
     assert {c["topic"]: c["state"] for c in consents} == {
         "email_notifications": "subscribed", "sms_notifications": None, "newsletter": None}
+
+
+async def test_concurrent_changes_keep_state_equal_to_the_ledger(client, orm, alice):
+    import asyncio
+
+    from notify.models import Consent, ConsentEvent, User
+
+    wishes = [i % 3 != 0 for i in range(24)]
+    responses = await asyncio.gather(*(
+        put_consent(client, topic, subscribed=wish)
+        for wish in wishes for topic in ("sms_notifications", "email_notifications")
+    ))
+    assert {r.status for r in responses} == {200}
+    with orm:
+        user = await User.get(external_id="alice")
+        for topic in ("sms_notifications", "email_notifications"):
+            events = await ConsentEvent.filter(user_id=user.id, topic=topic).order_by("id")
+            # Each event starts where the one before it ended: no lost or interleaved update.
+            chain = [None] + [e.to_state for e in events]
+            assert [e.from_state for e in events] == chain[:-1]
+            consent = await Consent.get(user_id=user.id, topic=topic)
+            assert consent.state == events[-1].to_state

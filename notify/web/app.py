@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
-from tortoise.context import TortoiseContext
+from tortoise.context import set_global_context
 
 from notify.db import apply_migrations, close_db, open_db
 from notify.sender import Sender, running
@@ -25,7 +25,7 @@ def make_app(
     """Build the app. Tests leave ``start_sender`` off and drive the sender themselves."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[problem_middleware, db_context_middleware],
+        middlewares=[problem_middleware],
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_database(settings, migrate=migrate))
@@ -52,6 +52,11 @@ def _database(settings: Settings, *, migrate: bool) -> Callable[[web.Application
                 if applied:
                     log.info("applied migrations: %s", ", ".join(applied))
             app[DB] = ctx
+            # Tortoise finds its state through a context variable. The web process has one
+            # database, so it is made the process-wide fallback that every request task and
+            # the sender see. (Entering ``with ctx`` per request is not safe: the context
+            # object keeps a single reset token, and concurrent requests overwrite it.)
+            set_global_context(ctx)
             yield
         finally:
             await close_db(ctx)
@@ -60,16 +65,5 @@ def _database(settings: Settings, *, migrate: bool) -> Callable[[web.Application
 
 
 async def _sender(app: web.Application) -> AsyncIterator[None]:
-    async with running(Sender(app[DB])):
+    async with running(Sender()):
         yield
-
-
-@web.middleware
-async def db_context_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    # Tortoise keeps its state in a context variable; each request task enters the app's
-    # database context explicitly, so nothing depends on which task started the app.
-    ctx: TortoiseContext = request.app[DB]
-    with ctx:
-        return await handler(request)
