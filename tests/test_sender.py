@@ -44,3 +44,19 @@ async def test_runs_until_stopped_and_polls_when_idle():
     stopped_at = sender.passes
     await asyncio.sleep(0.05)
     assert sender.passes == stopped_at
+
+
+async def test_the_app_runs_a_sender_only_when_asked(aiohttp_client, settings):
+    from notify.web.app import SENDER, make_app
+
+    quiet = await aiohttp_client(make_app(settings))
+    assert SENDER not in quiet.app
+    await quiet.close()
+    busy = await aiohttp_client(make_app(settings, start_sender=True))
+    for _ in range(100):
+        if busy.app[SENDER].passes:
+            break
+        await asyncio.sleep(0.01)
+    assert busy.app[SENDER].passes >= 1
+    await busy.close()
+    assert busy.app[SENDER]._stop.is_set()

@@ -64,6 +64,10 @@ def _database(settings: Settings, *, migrate: bool) -> Callable[[web.Application
     return database
 
 
+SENDER = web.AppKey("sender", Sender)
+
+
 async def _sender(app: web.Application) -> AsyncIterator[None]:
-    async with running(Sender()):
+    app[SENDER] = Sender()
+    async with running(app[SENDER]):
         yield
