@@ -16,7 +16,7 @@ import re
 import secrets
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 ENV_PREFIX = "NOTIFY_"
 #: Points at the TOML file; the only NOTIFY_ variable that is not a setting itself.
 CONFIG_ENV = "NOTIFY_CONFIG"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ConfigError(Exception):
@@ -87,7 +86,7 @@ class ApiKey:
 
     scope: str
     kid: str
-    secret: str
+    secret: str = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,14 +94,14 @@ class Settings:
     database_url: str
     public_url: str
     api_keys: tuple[ApiKey, ...]
-    secret_keys: tuple[tuple[str, bytes], ...]
-    hash_key: bytes
+    secret_keys: tuple[tuple[str, bytes], ...] = field(repr=False)
+    hash_key: bytes = field(repr=False)
     data_dir: Path
     email_transport: str
     smtp_host: str
     smtp_port: int
     smtp_username: str
-    smtp_password: str
+    smtp_password: str = field(repr=False)
     smtp_tls: str
     mail_from: str
     postal_address: str
@@ -111,7 +110,7 @@ class Settings:
     dkim_key_file: Path | None
     sms_transport: str
     twilio_account_sid: str
-    twilio_auth_token: str
+    twilio_auth_token: str = field(repr=False)
     twilio_from: str
     twilio_api_base: str
     policy_version: str

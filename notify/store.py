@@ -56,6 +56,17 @@ def address_hash(hash_key: bytes, kind: AddressKind, address: str) -> str:
     return hmac.new(hash_key, message, hashlib.sha256).hexdigest()
 
 
+def erased_id(hash_key: bytes, external_id: str) -> str:
+    """What an erased user's id becomes: whoever presents the old id can find the record
+    (to prove its consent history), but the record itself no longer names the person."""
+    digest = hmac.new(hash_key, f"user:{external_id}".encode(), hashlib.sha256).hexdigest()
+    return f"erased:{digest}"
+
+
+async def is_erased(external_id: str, hash_key: bytes) -> bool:
+    return await User.filter(external_id=erased_id(hash_key, external_id)).exists()
+
+
 async def get_user(external_id: str) -> User:
     user = await User.get_or_none(external_id=external_id)
     if user is None:
@@ -222,9 +233,8 @@ async def erase_user(
                                               {"en": name})
             await change_consent(user, topic, False, evidence, default_policy=default_policy)
     async with in_transaction():
-        digest = hmac.new(hash_key, user.external_id.encode(), hashlib.sha256).hexdigest()
-        user.update_from_dict({**USER_DEFAULTS, "external_id": f"erased:{digest}",
-                               "erased_at": now()})
+        user.update_from_dict({**USER_DEFAULTS, "erased_at": now(),
+                               "external_id": erased_id(hash_key, user.external_id)})
         await user.save()
         if last is not None:
             await ConsentEvent.filter(user_id=user.id, id__lte=last.id).update(

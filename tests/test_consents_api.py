@@ -66,7 +66,11 @@ async def test_double_opt_in_topic_becomes_pending_and_is_not_subscribed(client,
 
 
 async def test_subscribing_again_never_downgrades_a_confirmed_subscription(client, alice):
-    await put_consent(client, "newsletter", subscribed=True, source="import", headers=ADMIN)
+    resp = await put_consent(client, "newsletter", subscribed=True, source="import",
+                             headers=ADMIN)
+    assert resp.status == 422  # an import must name its evidence
+    await put_consent(client, "newsletter", subscribed=True, source="import", headers=ADMIN,
+                      note="confirmed in the old CRM on 2024-05-01")
     resp = await put_consent(client, "newsletter", subscribed=True)
     body = await resp.json()
     assert (body["state"], body["changed"]) == ("subscribed", False)

@@ -79,6 +79,8 @@ async def test_erasure_removes_contact_data_and_keeps_anonymised_ledger(client, 
     resp = await client.delete("/v1/users/alice", headers=ADMIN)
     assert resp.status == 204
     assert (await client.get("/v1/users/alice", headers=APP)).status == 404
+    assert (await client.delete("/v1/users/alice", headers=ADMIN)).status == 204
+    assert (await client.delete("/v1/users/nobody", headers=ADMIN)).status == 404
 
     with orm:
         erased = await User.get(id=user.id)

@@ -74,25 +74,14 @@ class Strict(BaseModel):
 
 
 class UserIn(Strict):
-    """A user of the main app; PUT replaces, so a field left out takes its default."""
+    """A user of the main app. PUT replaces, so a field left out takes its default;
+    PATCH changes only the fields given."""
 
     email: Email | None = None
     email_verified: bool = False
     phone: Phone | None = None
     phone_verified: bool = False
     locale: Locale = "en"
-    time_zone: TimeZone | None = None
-    name: Text200 | None = None
-
-
-class UserPatch(Strict):
-    """Partial update: only the fields given change."""
-
-    email: Email | None = None
-    email_verified: bool | None = None
-    phone: Phone | None = None
-    phone_verified: bool | None = None
-    locale: Locale | None = None
     time_zone: TimeZone | None = None
     name: Text200 | None = None
 

@@ -101,8 +101,11 @@ async def get_user(call: Call) -> UserOut:
 
 
 async def delete_user(call: Call) -> web.Response:
-    user = await store.get_user(user_id(call))
     settings = call.settings
+    external_id = user_id(call)
+    if await store.is_erased(external_id, settings.hash_key):
+        return web.Response(status=204)  # erasing twice is the same as erasing once
+    user = await store.get_user(external_id)
     await store.erase_user(user, settings.topics, hash_key=settings.hash_key,
                            actor=call.key.kid, default_policy=settings.policy_version)
     return web.Response(status=204)
@@ -129,6 +132,11 @@ async def put_consent(call: Call) -> ConsentChangeOut:
     if body.source is ConsentSource.SUPPORT and not (body.actor and body.note):
         raise InvalidRequest("a support change needs an actor and a note",
                              field="body.note" if body.actor else "body.actor")
+    if body.source is ConsentSource.IMPORT and not body.note:
+        # An import may mark a double-opt-in topic subscribed at once, because it carries
+        # the confirmation made elsewhere; the note must say where that evidence is.
+        raise InvalidRequest("an import needs a note naming the evidence of consent",
+                             field="body.note")
     actor = body.actor or ("user" if body.source is ConsentSource.PROFILE_SETTINGS
                            else call.key.kid)
     evidence = store.Evidence(source=body.source, actor=actor, ip=body.ip,
