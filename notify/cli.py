@@ -16,9 +16,11 @@ from aiohttp import web
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 from rich.table import Table
+from tortoise.backends.base.config_generator import expand_db_url
+from tortoise.exceptions import OperationalError
 
 from notify import __version__, store
-from notify.db import apply_migrations, close_db, open_db
+from notify.db import apply_migrations, close_db, open_db, tortoise_config
 from notify.errors import NotifyError
 from notify.importer import ImportFileError, import_users
 from notify.models import ConsentEvent
@@ -27,6 +29,27 @@ from notify.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("notify")
 EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A command cannot run (unreachable database, port in use, ...): one line, exit 1."""
+
+
+def _positive(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1 (got {text!r})")
+    return number
+
+
+def _port(text: str) -> int:
+    number = _positive(text)
+    if number > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535 (got {text!r})")
+    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "API and pages; the sender runs in the same process unless "
                                 "--no-sender.")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
-    serve.add_argument("--port", type=int, default=8080, help="port (default %(default)s)")
+    serve.add_argument("--port", type=_port, default=8080, help="port (default %(default)s)")
     serve.add_argument("--no-sender", action="store_true",
                        help="do not run the sender here (run 'notify worker' processes instead)")
     serve.set_defaults(run=cmd_serve)
@@ -68,11 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the columns: id (required), email, email_verified, phone, phone_verified, locale, "
         "time_zone, name; one column per topic holding subscribed, pending, unsubscribed or "
         "nothing; and the evidence: consented_at (ISO 8601), ip, user_agent, policy_version, "
-        "note, actor. Consents are recorded with source 'import'. Rejected rows are listed "
-        "with their line numbers; the others are imported. Exit code 1 if any was rejected.",
+        "note, actor. Consents are recorded with source 'import'; a decision notify "
+        "recorded after a row's consented_at is kept. Rejected rows are listed with their "
+        "line numbers; the others are imported. Exit code 1 if any was rejected.",
     )
     imp.add_argument("file", type=Path, metavar="FILE.csv")
-    imp.add_argument("--batch-size", type=int, default=500,
+    imp.add_argument("--batch-size", type=_positive, default=500,
                      help="rows per transaction (default %(default)s)")
     imp.set_defaults(run=cmd_import)
 
@@ -82,35 +106,55 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Print a user's consent per topic and the newest "
                                "ledger events.")
     show.add_argument("user", metavar="USER", help="the main app's user id")
-    show.add_argument("--events", type=int, default=20, help="how many events (default 20)")
+    show.add_argument("--events", type=_positive, default=20,
+                      help="how many events (default %(default)s)")
     show.set_defaults(run=cmd_consents_show)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    err = Console(stderr=True)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
-        err.print(f"notify: configuration error: {exc}", markup=False, highlight=False)
+        _error(f"configuration error: {exc}")
         return EXIT_USAGE
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args, settings)
-    except (NotifyError, ImportFileError) as exc:
-        err.print(f"notify: {exc}", markup=False, highlight=False)
+    except (NotifyError, ImportFileError, CliError) as exc:
+        _error(str(exc))
         return 1
     except KeyboardInterrupt:
         return 130
 
 
-def run_db(settings: Settings, work) -> int:  # noqa: ANN001 - an async callable
+def _error(message: str) -> None:
+    # Plain print, not rich: rich wraps at the console width (80 columns when stderr is
+    # not a terminal), and the promise is one line.
+    print("notify: " + " ".join(message.split()), file=sys.stderr, flush=True)
+
+
+def run_db(settings: Settings, work, *, create: bool = True) -> int:  # noqa: ANN001
+    """Open the database, run ``await work(ctx)`` in its context, close it."""
+    _check_sqlite_dir(settings.database_url)
+
+    def unreachable(exc: Exception) -> CliError:
+        return CliError(f"cannot open the database: {exc or type(exc).__name__}")
+
     async def runner() -> int:
-        ctx = await open_db(settings.database_url, create=True)
+        try:
+            ctx = await open_db(settings.database_url, create=create)
+        except Exception as exc:  # noqa: BLE001 - whatever the driver raises, say it in a line
+            raise unreachable(exc) from None
         try:
             with ctx:
+                try:
+                    # Tortoise connects lazily: find out now, not in the middle of the work.
+                    await ctx.db().execute_query("SELECT 1")
+                except Exception as exc:  # noqa: BLE001
+                    raise unreachable(exc) from None
                 return await work(ctx)
         finally:
             await close_db(ctx)
@@ -118,16 +162,44 @@ def run_db(settings: Settings, work) -> int:  # noqa: ANN001 - an async callable
     return asyncio.run(runner())
 
 
+def _check_sqlite_dir(database_url: str) -> None:
+    # SQLite creates a missing file but not a missing directory, and tortoise then waits
+    # forever on the connection lock it never released: say so instead of hanging.
+    url = tortoise_config(database_url)["connections"]["default"]
+    if not url.startswith("sqlite:"):
+        return
+    file_path = expand_db_url(url)["credentials"]["file_path"]
+    if file_path == ":memory:":
+        return
+    parent = Path(file_path).expanduser().parent
+    if not parent.is_dir():
+        raise CliError(f"cannot open the database: the directory {parent} of the SQLite "
+                       "file does not exist")
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from notify.web.app import make_app
 
+    async def migrate(ctx) -> int:  # noqa: ANN001
+        applied = await apply_migrations(ctx)
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+        return 0
+
     _ensure_data_dir(settings)
-    app = make_app(settings, start_sender=not args.no_sender)
-    print(f"notify {__version__} serving on http://{args.host}:{args.port} "
-          f"(public URL {settings.public_url}, sender {'off' if args.no_sender else 'on'})",
-          flush=True)
-    web.run_app(app, host=args.host, port=args.port, print=None,
-                access_log_format='%a "%r" %s %b %Tfs')
+    # Migrate first, outside the app, so that a database problem is one line, not a traceback.
+    # Like the app, serve does not create a missing PostgreSQL database; migrate does.
+    run_db(settings, migrate, create=False)
+    app = make_app(settings, migrate=False, start_sender=not args.no_sender)
+    banner = (f"notify {__version__} serving on http://{args.host}:{args.port} "
+              f"(public URL {settings.public_url}, sender {'off' if args.no_sender else 'on'})")
+    try:
+        # aiohttp calls ``print`` once the socket is bound: the banner then tells the truth.
+        web.run_app(app, host=args.host, port=args.port,
+                    print=lambda _: print(banner, flush=True),
+                    access_log_format='%a "%r" %s %b %Tfs')
+    except OSError as exc:
+        raise CliError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
     return 0
 
 
@@ -160,23 +232,25 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     path: Path = args.file
     if not path.is_file():
         raise ImportFileError(f"no such file: {path}")
-    if args.batch_size < 1:
-        raise ImportFileError("--batch-size must be at least 1")
     err = Console(stderr=True)
     size = path.stat().st_size
 
     async def work(ctx) -> int:  # noqa: ANN001
         await apply_migrations(ctx)
         columns = [BarColumn(), DownloadColumn(), TimeRemainingColumn()]
+        # The bar is for people watching; on a pipe or in a log, stderr holds the rejections.
         with Progress("[progress.description]{task.description}", *columns, console=err,
-                      transient=False) as progress:
+                      transient=False, disable=not err.is_terminal) as progress:
             task = progress.add_task(f"importing {path.name}", total=size)
             report = await import_users(
                 settings, path, batch_size=args.batch_size,
                 on_progress=lambda done: progress.update(task, completed=done),
             )
+        kept = (f"; {report.kept} consents kept: notify recorded a newer decision"
+                if report.kept else "")
         print(f"{report.rows} rows: {report.imported} imported ({report.users_created} new "
-              f"users, {report.consent_events} consent events), {len(report.rejected)} rejected")
+              f"users, {report.consent_events} consent events), {len(report.rejected)} rejected"
+              f"{kept}")
         for line, reason in report.rejected:
             print(f"line {line}: {reason}", file=sys.stderr)
         return 1 if report.rejected else 0
@@ -187,21 +261,31 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_consents_show(args: argparse.Namespace, settings: Settings) -> int:
     async def work(ctx) -> int:  # noqa: ANN001
-        user = await store.get_user(args.user)
-        states = await store.consent_states(user)
-        out = Console()
+        try:
+            user = await store.get_user(args.user)
+            states = await store.consent_states(user)
+            events = await ConsentEvent.filter(user_id=user.id).order_by("-id").limit(args.events)
+        except OperationalError as exc:
+            raise CliError(f"cannot read the database ({exc}); has 'notify migrate' been run?") \
+                from None
+        # Cells are data: no markup ("[/x]" in a note would crash), no emoji (":1234:" in an
+        # IPv6 address would become one), no highlighting.
+        plain = {"markup": False, "emoji": False, "highlight": False}
+        out = Console(**plain)
+        if not out.is_terminal:
+            # Not a terminal: rich would assume 80 columns and cut cells short with '…'.
+            out = Console(width=1000, **plain)
         table = Table(title=f"consents of {args.user}")
         for column in ("topic", "channel", "state", "since"):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")
         for name, topic in settings.topics.items():
             row = states.get(name)
             table.add_row(name, topic.channel.value, row.state if row else "never asked",
                           row.updated_at.isoformat(timespec="seconds") if row else "")
         out.print(table)
-        events = await ConsentEvent.filter(user_id=user.id).order_by("-id").limit(args.events)
         ledger = Table(title="ledger (newest first)")
         for column in ("when", "topic", "change", "source", "actor", "policy", "ip", "note"):
-            ledger.add_column(column)
+            ledger.add_column(column, overflow="fold")
         for e in events:
             ledger.add_row(e.occurred_at.isoformat(timespec="seconds"), e.topic,
                            f"{e.from_state or 'never asked'} -> {e.to_state}", e.source,
@@ -209,14 +293,15 @@ def cmd_consents_show(args: argparse.Namespace, settings: Settings) -> int:
         out.print(ledger)
         return 0
 
-    return run_db(settings, work)
+    # A look-up must not create a database (PostgreSQL) as a side effect.
+    return run_db(settings, work, create=False)
 
 
 def _ensure_data_dir(settings: Settings) -> None:
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ImportFileError(f"cannot create the data dir {settings.data_dir}: {exc}") from None
+        raise CliError(f"cannot create the data dir {settings.data_dir}: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.context import TortoiseContext
-from tortoise.exceptions import DBConnectionError, OperationalError
 from tortoise.migrations.executor import MigrationExecutor
 
 MODELS = ["notify.models"]
@@ -45,27 +45,38 @@ async def open_db(database_url: str, *, create: bool = False) -> TortoiseContext
 
     ``create`` makes a missing PostgreSQL database (SQLite creates its file by itself).
     """
+    config = tortoise_config(database_url)
+    if create and not database_url.startswith("sqlite"):
+        await _create_if_missing(config["connections"]["default"])
     ctx = TortoiseContext()
     try:
         with ctx:
-            await ctx.init(config=tortoise_config(database_url))
-            if create and not database_url.startswith("sqlite"):
-                await _create_if_missing(ctx, database_url)
+            await ctx.init(config=config)
     except BaseException:
         await ctx.close_connections()
         raise
     return ctx
 
 
-async def _create_if_missing(ctx: TortoiseContext, database_url: str) -> None:
+async def _create_if_missing(url: str) -> None:
+    """Create the PostgreSQL database named in ``url`` unless it exists.
+
+    Asked through the maintenance database, so no connection to a missing database is
+    ever attempted (asyncpg leaves an unretrieved error behind after such an attempt).
+    """
+    import asyncpg  # the postgres extra; only needed for a PostgreSQL URL
+
+    creds = expand_db_url(url)["credentials"]
+    name = creds["database"]
+    conn = await asyncpg.connect(host=creds.get("host"), port=creds.get("port"),
+                                 user=creds.get("user"), password=creds.get("password"),
+                                 database="postgres")
     try:
-        await ctx.db().execute_query("SELECT 1")
-    except (OperationalError, DBConnectionError) as exc:
-        # asyncpg's InvalidCatalogNameError, wrapped by tortoise: the database is missing.
-        if type(exc.__cause__).__name__ != "InvalidCatalogNameError":
-            raise
-        await ctx.close_connections()
-        await ctx.init(config=tortoise_config(database_url), _create_db=True)
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            quoted = name.replace('"', '""')
+            await conn.execute(f'CREATE DATABASE "{quoted}"')
+    finally:
+        await conn.close()
 
 
 async def close_db(ctx: TortoiseContext) -> None:

@@ -41,6 +41,8 @@ CASES = [
     ("unknown topic", "PUT", "/v1/users/alice/consents/pigeon", {**APP, **JSON},
      b'{"subscribed": true}', 404, "path.topic"),
     ("bad user id", "PUT", "/v1/users/al%20ice", {**APP, **JSON}, b"{}", 422, "path.id"),
+    ("erased user id", "PUT", "/v1/users/erased:" + "0" * 64, {**APP, **JSON}, b"{}", 422,
+     "path.id"),
     ("form body", "PUT", "/v1/users/alice",
      {**APP, "Content-Type": "application/x-www-form-urlencoded"}, b"email=a", 415,
      "header.Content-Type"),

@@ -14,7 +14,7 @@ async def test_put_creates_then_replaces_user(client):
     assert resp.status == 201
     body = await resp.json()
     assert body["id"] == "u1"
-    assert body["email"] == "Ada@example.com"  # the domain is normalised, the local part kept
+    assert body["email"] == "ada@example.com"  # stored in lower case: one address, one person
     assert body["locale"] == "en"
     assert [c["topic"] for c in body["consents"]] == [
         "email_notifications", "sms_notifications", "newsletter"]
@@ -63,6 +63,13 @@ async def test_email_of_another_user_is_409_and_changes_nothing(client, orm, ali
     assert resp.status == 409
     problem = await resp.json()
     assert problem["errors"][0]["field"] == "body.email"
+    assert await snapshot(orm) == before
+
+
+async def test_email_case_does_not_make_a_second_address(client, orm, alice):
+    before = await snapshot(orm)
+    resp = await client.put("/v1/users/bob", json={"email": "ALICE@Example.com"}, headers=APP)
+    assert resp.status == 409
     assert await snapshot(orm) == before
 
 

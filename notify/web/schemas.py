@@ -17,11 +17,22 @@ from notify.consent import ConsentSource, ConsentState
 _LOCALE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 _ZONES = frozenset(available_timezones())
 USER_ID_PATTERN = r"^[A-Za-z0-9._:@+\-]{1,255}$"
+_USER_ID = re.compile(USER_ID_PATTERN)
+
+
+def check_user_id(value: str) -> str:
+    """The main app's id for a user; ``erased:`` ids are ours (see store.erased_id)."""
+    if not _USER_ID.match(value) or value.startswith("erased:"):
+        raise ValueError("a user id is 1 to 255 letters, digits or . _ : @ + - "
+                         "and does not start with 'erased:'")
+    return value
 
 
 def _email(value: str) -> str:
+    # Stored in lower case: one person, one address, whatever case the main app sent, so
+    # uniqueness, suppression hashes and look-ups agree.
     try:
-        return validate_email(value, check_deliverability=False).normalized
+        return validate_email(value, check_deliverability=False).normalized.lower()
     except EmailNotValidError as exc:
         raise ValueError(f"not a valid email address: {exc}") from None
 

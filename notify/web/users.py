@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -16,7 +15,6 @@ from notify.settings import Topic
 from notify.web.endpoints import Call
 from notify.web.problems import Forbidden
 from notify.web.schemas import (
-    USER_ID_PATTERN,
     ConsentChangeOut,
     ConsentEventOut,
     ConsentIn,
@@ -28,9 +26,8 @@ from notify.web.schemas import (
     SuppressionOut,
     UserIn,
     UserOut,
+    check_user_id,
 )
-
-_USER_ID = re.compile(USER_ID_PATTERN)
 
 
 def json_response(model: BaseModel, status: int = 200) -> web.Response:
@@ -39,11 +36,10 @@ def json_response(model: BaseModel, status: int = 200) -> web.Response:
 
 def user_id(call: Call) -> str:
     value = call.request.match_info["id"]
-    if not _USER_ID.match(value):
-        raise InvalidRequest(
-            "a user id is 1 to 255 letters, digits or . _ : @ + -", field="path.id"
-        )
-    return value
+    try:
+        return check_user_id(value)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), field="path.id") from None
 
 
 def topic_of(call: Call) -> Topic:
