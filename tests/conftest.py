@@ -112,6 +112,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     asyncio.run(_pg_admin_on(url, f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a database with no tables at all (the SQLite file does not exist yet)."""
+    tortoise_executor.EXECUTOR_CACHE.clear()
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path / 'empty.sqlite3'}"
+    return request.getfixturevalue("fresh_pg_database")()
+
+
 async def _pg_admin_on(url: str, sql: str) -> None:
     conn = await asyncpg.connect(url.replace("asyncpg://", "postgres://"), timeout=5)
     try:

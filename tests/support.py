@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from pathlib import Path
+
+from notify.db import close_db, open_db
 
 PG_ADMIN = os.environ.get("NOTIFY_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/test")
 APP_KEY = "app-key-0123456789abcdef"
@@ -43,3 +46,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+
+
+def in_db(database_url: str, work):  # noqa: ANN001, ANN201 - an async callable, its result
+    async def go():  # noqa: ANN202
+        ctx = await open_db(database_url)
+        try:
+            with ctx:
+                return await work()
+        finally:
+            await close_db(ctx)
+
+    return asyncio.run(go())

@@ -28,12 +28,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from support import PG_ADMIN, TABLES, environ_for, free_port
-from tortoise.backends.base import executor as tortoise_executor
+from support import PG_ADMIN, TABLES, environ_for, free_port, in_db
 
 from notify.cli import main
 from notify.consent import ConsentSource
-from notify.db import close_db, open_db
 from notify.settings import load_settings
 from notify.store import Evidence, change_consent, save_user
 
@@ -69,27 +67,6 @@ def assert_one_line_error(result: Result, code: int, *words: str) -> str:
     for word in words:
         assert word in lines[0], lines[0]
     return lines[0]
-
-
-def in_db(database_url: str, work):  # noqa: ANN001, ANN201 - an async callable, its result
-    async def go():  # noqa: ANN202
-        ctx = await open_db(database_url)
-        try:
-            with ctx:
-                return await work()
-        finally:
-            await close_db(ctx)
-
-    return asyncio.run(go())
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The URL of a database with no tables at all (the SQLite file does not exist yet)."""
-    tortoise_executor.EXECUTOR_CACHE.clear()
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path / 'empty.sqlite3'}"
-    return request.getfixturevalue("fresh_pg_database")()
 
 
 def schema(database_url: str) -> list[tuple]:

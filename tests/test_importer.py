@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import os
 import time
@@ -13,11 +12,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from support import TABLES, environ_for
+from support import TABLES, environ_for, in_db
 
 from notify.cli import main
 from notify.consent import ConsentSource
-from notify.db import close_db, open_db
 from notify.models import Consent, ConsentEvent, User
 from notify.settings import load_settings
 from notify.store import Evidence, change_consent, get_user
@@ -60,18 +58,6 @@ def write(path: Path, text: str | bytes) -> Path:
         text = text.encode()
     path.write_bytes(text)
     return path
-
-
-def in_db(database_url: str, work):  # noqa: ANN001, ANN201 - an async callable, its result
-    async def go():  # noqa: ANN202
-        ctx = await open_db(database_url)
-        try:
-            with ctx:
-                return await work()
-        finally:
-            await close_db(ctx)
-
-    return asyncio.run(go())
 
 
 def states(database_url: str, user_id: str) -> dict[str, str]:

@@ -34,17 +34,7 @@ async def table_names(ctx) -> set[str]:
     return {row["name"] for row in rows}
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def empty_database(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path / 'empty.sqlite3'}"
-    return request.getfixturevalue("fresh_pg_database")()
-
-
 async def test_migrate_builds_schema_once_and_again_is_a_no_op(empty_database):
-    from tortoise.backends.base import executor
-
-    executor.EXECUTOR_CACHE.clear()
     ctx = await open_db(empty_database, create=True)
     try:
         assert await apply_migrations(ctx) == ["models.0001_initial"]
