@@ -1,7 +1,7 @@
 from tortoise import migrations
 from tortoise.migrations import operations as ops
-from notify.consent import ConsentSource, ConsentState
-from notify.models import AddressKind, SuppressionReason
+from notify.consent import ConsentState
+from notify.models import AddressKind
 from tortoise.fields.base import OnDelete
 from tortoise import fields
 from tortoise.indexes import Index
@@ -32,7 +32,7 @@ class Migration(migrations.Migration):
                 ('id', fields.BigIntField(generated=True, primary_key=True, unique=True, db_index=True)),
                 ('kind', fields.CharEnumField(description='EMAIL: email\nPHONE: phone', enum_type=AddressKind, max_length=8)),
                 ('address_hash', fields.CharField(max_length=64)),
-                ('reason', fields.CharEnumField(description='HARD_BOUNCE: hard_bounce\nCOMPLAINT: complaint\nCARRIER_OPT_OUT: carrier_opt_out\nMANUAL: manual', enum_type=SuppressionReason, max_length=32)),
+                ('reason', fields.CharField(max_length=32)),
                 ('note', fields.TextField(null=True, unique=False)),
                 ('created_at', fields.DatetimeField(auto_now=False, auto_now_add=True)),
             ],
@@ -44,6 +44,7 @@ class Migration(migrations.Migration):
             fields=[
                 ('id', fields.BigIntField(generated=True, primary_key=True, unique=True, db_index=True)),
                 ('external_id', fields.CharField(unique=True, max_length=255)),
+                ('handle', fields.CharField(null=True, unique=True, max_length=32)),
                 ('email', fields.CharField(null=True, unique=True, max_length=320)),
                 ('email_verified', fields.BooleanField(default=False)),
                 ('phone', fields.CharField(null=True, unique=True, max_length=16)),
@@ -78,7 +79,7 @@ class Migration(migrations.Migration):
                 ('topic', fields.CharField(max_length=64)),
                 ('from_state', fields.CharEnumField(null=True, description='SUBSCRIBED: subscribed\nPENDING: pending\nUNSUBSCRIBED: unsubscribed', enum_type=ConsentState, max_length=16)),
                 ('to_state', fields.CharEnumField(description='SUBSCRIBED: subscribed\nPENDING: pending\nUNSUBSCRIBED: unsubscribed', enum_type=ConsentState, max_length=16)),
-                ('source', fields.CharEnumField(description='PROFILE_SETTINGS: profile_settings\nONE_CLICK: one_click\nUNSUBSCRIBE_PAGE: unsubscribe_page\nPREFERENCE_CENTER: preference_center\nMAILTO: mailto\nSMS_KEYWORD: sms_keyword\nSUPPORT: support\nIMPORT: import\nCONFIRMATION: confirmation\nBOUNCE: bounce\nCOMPLAINT: complaint\nAPI: api', enum_type=ConsentSource, max_length=32)),
+                ('source', fields.CharField(max_length=32)),
                 ('actor', fields.CharField(null=True, max_length=200)),
                 ('ip', fields.CharField(null=True, max_length=45)),
                 ('user_agent', fields.CharField(null=True, max_length=512)),

@@ -126,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (NotifyError, ImportFileError, CliError) as exc:
         _error(str(exc))
         return 1
+    except ConfigError as exc:
+        _error(f"configuration error: {exc}")
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
 

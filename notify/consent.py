@@ -36,6 +36,7 @@ class ConsentSource(StrEnum):
     BOUNCE = "bounce"  # the address stopped accepting mail
     COMPLAINT = "complaint"  # the user marked a message as spam
     API = "api"  # any other change made through the HTTP API
+    EXPIRY = "expiry"  # a pending request was not confirmed in time (settings: pending_days)
 
 
 #: Sources an API key may name in ``PUT /v1/users/{id}/consents/{topic}``. The others are
@@ -77,11 +78,15 @@ def decide(
     subscribe: bool,
     source: ConsentSource,
     requested: ConsentState | None = None,
+    *,
+    restoring: bool = False,
 ) -> Change:
     """Decide the new state for a request to (un)subscribe ``topic``.
 
     ``current`` None means the user was never asked, which counts as not subscribed:
     consent is opt-in. ``requested`` lets an import set ``pending`` explicitly.
+    ``restoring`` is an "undo" moments after an unsubscribe: it puts back a subscription
+    that had been confirmed, without a new confirmation.
     """
     if not subscribe:
         # Withdrawal always wins and is always allowed (§2.5, GDPR Art. 7(3)).
@@ -89,6 +94,8 @@ def decide(
     elif current is ConsentState.SUBSCRIBED:
         # Subscribing again never downgrades a confirmed subscription to pending.
         return Change(current, None)
+    elif restoring:
+        target = ConsentState.SUBSCRIBED
     elif _needs_confirmation(topic, source, requested):
         target = ConsentState.PENDING
     elif source is ConsentSource.CONFIRMATION and current is not ConsentState.PENDING:

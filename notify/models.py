@@ -10,7 +10,7 @@ from tortoise import fields
 from tortoise.exceptions import OperationalError
 from tortoise.models import Model
 
-from notify.consent import ConsentSource, ConsentState
+from notify.consent import ConsentState
 
 
 class SuppressionReason(StrEnum):
@@ -32,6 +32,9 @@ class User(Model):
     # After erasure this becomes "erased:" + a keyed hash of the old id: the ledger stays
     # provable for someone who presents the id, without naming the person.
     external_id = fields.CharField(max_length=255, unique=True)
+    # Opaque random name for links (see notify.tokens): set on first use, never derived
+    # from the id or an address, so a link reveals nothing about who it belongs to.
+    handle = fields.CharField(max_length=32, null=True, unique=True)
     email = fields.CharField(max_length=320, null=True, unique=True)
     email_verified = fields.BooleanField(default=False)
     phone = fields.CharField(max_length=16, null=True, unique=True)
@@ -76,7 +79,10 @@ class ConsentEvent(Model):
     topic = fields.CharField(max_length=64)
     from_state = fields.CharEnumField(ConsentState, max_length=16, null=True)
     to_state = fields.CharEnumField(ConsentState, max_length=16)
-    source = fields.CharEnumField(ConsentSource, max_length=32)
+    # A plain column, not CharEnumField: a new source word must not need a migration (on
+    # SQLite tortoise rebuilds the table for a changed enum description). store.py writes
+    # only ConsentSource members.
+    source = fields.CharField(max_length=32)
     actor = fields.CharField(max_length=200, null=True)
     ip = fields.CharField(max_length=45, null=True)
     user_agent = fields.CharField(max_length=512, null=True)
@@ -106,7 +112,7 @@ class Suppression(Model):
     id = fields.BigIntField(primary_key=True)
     kind = fields.CharEnumField(AddressKind, max_length=8)
     address_hash = fields.CharField(max_length=64)
-    reason = fields.CharEnumField(SuppressionReason, max_length=32)
+    reason = fields.CharField(max_length=32)  # a SuppressionReason; plain for the same reason
     note = fields.TextField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
 

@@ -114,6 +114,7 @@ class Settings:
     twilio_from: str
     twilio_api_base: str
     policy_version: str
+    pending_days: int
     max_body_bytes: int
     log_level: str
     topics: Mapping[str, Topic]
@@ -155,6 +156,7 @@ KEYS: dict[str, Any] = {
     "twilio_from": "",
     "twilio_api_base": "https://api.twilio.com",
     "policy_version": "1.0",
+    "pending_days": 7,
     "max_body_bytes": 65536,
     "log_level": "INFO",
 }
@@ -225,6 +227,7 @@ def _build(raw: dict[str, Any], topics_raw: dict[str, Any]) -> Settings:
     s["sms_transport"] = _choice("sms_transport", value["sms_transport"], ("log", "twilio"))
     s["smtp_port"] = _integer("smtp_port", value["smtp_port"], 1, 65535)
     s["max_body_bytes"] = _integer("max_body_bytes", value["max_body_bytes"], 1024, 1 << 26)
+    s["pending_days"] = _integer("pending_days", value["pending_days"], 1, 365)
     s["log_level"] = _choice(
         "log_level", str(value["log_level"]).upper(), ("DEBUG", "INFO", "WARNING", "ERROR")
     )

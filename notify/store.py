@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tortoise.exceptions import IntegrityError
@@ -132,6 +133,7 @@ async def change_consent(
     *,
     default_policy: str,
     requested: ConsentState | None = None,
+    restoring: bool = False,
 ) -> tuple[Change, ConsentEvent | None]:
     """Apply a consent request; writes the state and its ledger event in one transaction."""
     if user.erased_at is not None:
@@ -139,7 +141,8 @@ async def change_consent(
     policy = evidence.policy_version or await policy_version_in_force(default_policy)
     for attempt in range(2):
         try:
-            return await _change_once(user, topic, subscribe, evidence, policy, requested)
+            return await _change_once(user, topic, subscribe, evidence, policy, requested,
+                                      restoring)
         except IntegrityError:
             # Two first-ever requests for the same topic raced to insert its row; the loser
             # retries once and now sees the winner's row under the lock.
@@ -155,6 +158,7 @@ async def _change_once(
     evidence: Evidence,
     policy: str,
     requested: ConsentState | None,
+    restoring: bool,
 ) -> tuple[Change, ConsentEvent | None]:
     async with in_transaction():
         row = (
@@ -163,7 +167,8 @@ async def _change_once(
             .first()
         )
         current = ConsentState(row.state) if row else None
-        change = decide(topic, current, subscribe, evidence.source, requested)
+        change = decide(topic, current, subscribe, evidence.source, requested,
+                        restoring=restoring)
         if change.to_state is None:
             return change, None
         when = now()
@@ -240,3 +245,43 @@ async def erase_user(
             await ConsentEvent.filter(user_id=user.id, id__lte=last.id).update(
                 ip=None, user_agent=None, note=None
             )
+
+
+async def handle_for(user: User) -> str:
+    """The user's opaque link handle, made on first use."""
+    if user.handle is None:
+        candidate = secrets.token_urlsafe(16)
+        # Only fills an empty handle: two requests racing both read back the winner's.
+        await User.filter(id=user.id, handle__isnull=True).update(handle=candidate)
+        user.handle = (await User.get(id=user.id).only("handle")).handle
+    return user.handle
+
+
+async def user_by_handle(handle: str) -> User | None:
+    """The user a link names; None for erased users, whose links no longer act."""
+    user = await User.get_or_none(handle=handle)
+    if user is None or user.erased_at is not None:
+        return None
+    return user
+
+
+async def last_event(user: User, topic: str) -> ConsentEvent | None:
+    return await ConsentEvent.filter(user_id=user.id, topic=topic).order_by("-id").first()
+
+
+async def expire_pending(topics: Mapping[str, Topic], *, days: int, default_policy: str) -> int:
+    """Withdraw pending requests older than ``days`` (source ``expiry``); returns how many."""
+    cutoff = now() - timedelta(days=days)
+    stale = await Consent.filter(
+        state=ConsentState.PENDING, updated_at__lt=cutoff, topic__in=list(topics)
+    ).limit(500)
+    done = 0
+    for consent in stale:
+        topic = topics[consent.topic]
+        user = await User.get(id=consent.user_id)
+        evidence = Evidence(source=ConsentSource.EXPIRY, actor="notify",
+                            note=f"not confirmed within {days} days")
+        change, _ = await change_consent(user, topic, False, evidence,
+                                         default_policy=default_policy)
+        done += change.is_change
+    return done

@@ -9,11 +9,15 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 from tortoise.context import set_global_context
 
+from notify.channels.factory import email_channel
 from notify.db import apply_migrations, close_db, open_db
+from notify.jobs import jobs
 from notify.sender import Sender, running
 from notify.settings import Settings
-from notify.web.endpoints import DB, SETTINGS, openapi
-from notify.web.problems import problem_middleware
+from notify.web.endpoints import DB, EMAIL, LIMITER, SETTINGS, openapi
+from notify.web.pages_routes import PAGES
+from notify.web.problems import Handler, problem_middleware
+from notify.web.ratelimit import Limiter
 from notify.web.routes import ENDPOINTS
 
 log = logging.getLogger(__name__)
@@ -25,14 +29,18 @@ def make_app(
     """Build the app. Tests leave ``start_sender`` off and drive the sender themselves."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[problem_middleware],
+        middlewares=[security_headers, problem_middleware],
     )
     app[SETTINGS] = settings
+    app[LIMITER] = Limiter()
     app.cleanup_ctx.append(_database(settings, migrate=migrate))
+    app.cleanup_ctx.append(_email_channel)
     if start_sender:
         app.cleanup_ctx.append(_sender)
     for endpoint in ENDPOINTS:
         app.router.add_route(endpoint.method, endpoint.path, endpoint.handler())
+    for method, path, page in PAGES:
+        app.router.add_route(method, path, page)
     spec = json.dumps(openapi(ENDPOINTS, settings.public_url))
 
     async def openapi_json(request: web.Request) -> web.Response:
@@ -67,7 +75,35 @@ def _database(settings: Settings, *, migrate: bool) -> Callable[[web.Application
 SENDER = web.AppKey("sender", Sender)
 
 
+async def _email_channel(app: web.Application) -> AsyncIterator[None]:
+    app[EMAIL] = email_channel(app[SETTINGS])
+    try:
+        yield
+    finally:
+        await app[EMAIL].close()
+
+
 async def _sender(app: web.Application) -> AsyncIterator[None]:
-    app[SENDER] = Sender()
+    app[SENDER] = Sender(jobs=jobs(app[SETTINGS]))
     async with running(app[SENDER]):
         yield
+
+
+#: Sent with every response. The pages carry a one-click unsubscribe button and tokens in
+#: their URLs: they must not be framed (clickjacking), leak the URL as a referrer, or be
+#: indexed; the policy allows only our own forms and inline styles, no scripts.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "X-Robots-Tag": "noindex, nofollow",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    response.headers.update(SECURITY_HEADERS)
+    return response

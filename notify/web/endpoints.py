@@ -22,6 +22,7 @@ from pydantic.json_schema import models_json_schema
 from tortoise.context import TortoiseContext
 
 from notify import __version__
+from notify.channels import EmailChannel
 from notify.errors import InvalidRequest
 from notify.settings import ApiKey, Settings
 from notify.web.problems import (
@@ -33,10 +34,13 @@ from notify.web.problems import (
     UnsupportedMediaType,
     validation_errors,
 )
+from notify.web.ratelimit import Limiter
 from notify.web.schemas import Problem
 
 SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", TortoiseContext)
+EMAIL = web.AppKey("email", EmailChannel)
+LIMITER = web.AppKey("limiter", Limiter)
 
 
 @dataclass(slots=True)

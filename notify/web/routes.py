@@ -12,6 +12,7 @@ from notify.web.schemas import (
     EventQuery,
     ExportOut,
     Health,
+    LinksOut,
     UserIn,
     UserOut,
 )
@@ -38,6 +39,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              response=ConsentChangeOut),
     Endpoint("GET", USER + "/consent-events", users.get_events,
              "The consent ledger, newest first", query=EventQuery, response=EventPage),
+    Endpoint("GET", USER + "/links", users.get_links,
+             "Signed preference and unsubscribe links, and List-Unsubscribe header values",
+             response=LinksOut),
     Endpoint("GET", USER + "/export", users.export_user,
              "Everything held about the user (GDPR Art. 15 and 20)", response=ExportOut),
 )

@@ -183,6 +183,16 @@ class ExportOut(BaseModel):
     suppressions: list[SuppressionOut]
 
 
+class LinksOut(BaseModel):
+    """Signed links for mail the main app sends itself (RFC 2369, RFC 8058)."""
+
+    preferences: str = Field(description="the preference center")
+    unsubscribe: dict[str, str] = Field(description="one-click unsubscribe URL per topic; "
+                                        "'*' withdraws every topic")
+    list_unsubscribe: str = Field(description="List-Unsubscribe header value (all topics)")
+    list_unsubscribe_post: str = Field(description="List-Unsubscribe-Post header value")
+
+
 class Health(BaseModel):
     status: str
 

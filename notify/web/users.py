@@ -7,12 +7,12 @@ from urllib.parse import urlencode
 from aiohttp import web
 from pydantic import BaseModel
 
-from notify import store
+from notify import links, store, subscriptions
 from notify.consent import API_SOURCES, ConsentSource, ConsentState, is_subscribed
 from notify.errors import InvalidRequest, NotFound
 from notify.models import Consent, ConsentEvent, User
 from notify.settings import Topic
-from notify.web.endpoints import Call
+from notify.web.endpoints import EMAIL, Call
 from notify.web.problems import Forbidden
 from notify.web.schemas import (
     ConsentChangeOut,
@@ -23,6 +23,7 @@ from notify.web.schemas import (
     EventPage,
     EventQuery,
     ExportOut,
+    LinksOut,
     SuppressionOut,
     UserIn,
     UserOut,
@@ -137,8 +138,8 @@ async def put_consent(call: Call) -> ConsentChangeOut:
                            else call.key.kid)
     evidence = store.Evidence(source=body.source, actor=actor, ip=body.ip,
                               user_agent=body.user_agent, note=body.note)
-    change, _ = await store.change_consent(user, topic, body.subscribed, evidence,
-                                           default_policy=call.settings.policy_version)
+    change, _ = await subscriptions.request(call.settings, call.request.app[EMAIL], user,
+                                            topic, body.subscribed, evidence)
     row = await Consent.get_or_none(user_id=user.id, topic=topic.name)
     out = consent_out(topic, row, user.locale)
     return ConsentChangeOut(**out.model_dump(), changed=change.is_change)
@@ -173,4 +174,15 @@ async def export_user(call: Call) -> ExportOut:
             SuppressionOut(kind=s.kind, reason=s.reason, created_at=s.created_at)
             for s in suppressions
         ],
+    )
+
+
+async def get_links(call: Call) -> LinksOut:
+    user = await store.get_user(user_id(call))
+    found = await links.for_user(call.settings, user)
+    return LinksOut(
+        preferences=found.preferences,
+        unsubscribe=found.unsubscribe,
+        list_unsubscribe=found.list_unsubscribe(),
+        list_unsubscribe_post=links.ONE_CLICK_BODY,
     )

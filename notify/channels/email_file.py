@@ -1,0 +1,46 @@
+"""The embedded default email channel: every message becomes one ``.eml`` file in the
+outbox folder, exactly the bytes SMTP would carry, so development never reaches a person.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from pathlib import Path
+
+from notify.channels import DeliveryError, Receipt
+
+
+class FileEmailChannel:
+    name = "file"
+
+    def __init__(self, outbox: Path) -> None:
+        self.outbox = outbox
+
+    async def send(self, message: EmailMessage) -> Receipt:
+        data = message.as_bytes()
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        name = f"{stamp}-{uuid.uuid4().hex[:8]}.eml"
+        try:
+            await asyncio.to_thread(_write_atomically, self.outbox / name, data)
+        except OSError as exc:
+            # A full disk or a missing permission may pass; the message was not written.
+            raise DeliveryError(f"cannot write {name}: {exc.strerror}", temporary=True) from None
+        return Receipt(self.name, name)
+
+    async def close(self) -> None:
+        return None
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    # Written under a temporary name and renamed, so a reader never sees half a message.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".part")
+    with partial.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    partial.replace(path)

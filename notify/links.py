@@ -1,0 +1,41 @@
+"""The links we put in messages and hand to the main app, all under NOTIFY_PUBLIC_URL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from notify import store, tokens
+from notify.models import User
+from notify.settings import Settings
+from notify.tokens import ALL_TOPICS, Link, Purpose
+
+ONE_CLICK_BODY = "List-Unsubscribe=One-Click"
+
+
+@dataclass(frozen=True, slots=True)
+class Links:
+    preferences: str
+    unsubscribe: dict[str, str]  # per topic, and "*" for everything
+
+    def list_unsubscribe(self, topic: str = ALL_TOPICS) -> str:
+        """The List-Unsubscribe header value (RFC 2369) for mail about ``topic``."""
+        return f"<{self.unsubscribe.get(topic, self.unsubscribe[ALL_TOPICS])}>"
+
+
+def url(settings: Settings, path: str, link: Link) -> str:
+    return f"{settings.public_url}/{path}/{tokens.sign(link, settings.secret_keys)}"
+
+
+async def for_user(settings: Settings, user: User, delivery: int | None = None) -> Links:
+    handle = await store.handle_for(user)
+    unsubscribe = {
+        name: url(settings, "u", Link(handle, Purpose.UNSUBSCRIBE, name, delivery))
+        for name in (*settings.topics, ALL_TOPICS)
+    }
+    preferences = url(settings, "preferences", Link(handle, Purpose.PREFERENCES))
+    return Links(preferences=preferences, unsubscribe=unsubscribe)
+
+
+async def confirmation(settings: Settings, user: User, topic: str) -> str:
+    handle = await store.handle_for(user)
+    return url(settings, "confirm", Link(handle, Purpose.CONFIRM, topic))

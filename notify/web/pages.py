@@ -1,0 +1,310 @@
+"""The public pages: unsubscribe (with RFC 8058 one-click), preference center, double
+opt-in confirmation, a way in without an old email, and the policy versions.
+
+A link's token is its only credential: no login, cookie or CSRF token is involved, and
+GET never changes anything, because link scanners and prefetchers open GET links. Every
+bad token gets the same "not valid" page (404): it says nothing about whether a user
+exists and changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+from email_validator import EmailNotValidError, validate_email
+
+from notify import i18n, links, store, subscriptions, tokens
+from notify.consent import ConsentSource, ConsentState, is_subscribed
+from notify.models import PolicyVersion, User
+from notify.settings import Settings, Topic
+from notify.tokens import ALL_TOPICS, Purpose
+from notify.web.endpoints import EMAIL, LIMITER, SETTINGS
+from notify.web.ratelimit import Limiter
+
+log = logging.getLogger(__name__)
+
+PAGE_DIR = Path(__file__).resolve().parent.parent.parent / "templates" / "pages"
+_ENV = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(PAGE_DIR),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+#: An undo restores the earlier state only shortly after the unsubscribe it undoes.
+UNDO_WINDOW = timedelta(hours=24)
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def render(request: web.Request, name: str, locale: str, status: int = 200,
+           **context: Any) -> web.Response:
+    def t(key: str, **values: object) -> str:
+        return i18n.translate(locale, key, **values)
+
+    html = _ENV.get_template(name).render(**context, t=t, locale=locale)
+    return web.Response(text=html, status=status, content_type="text/html", charset="utf-8")
+
+
+def _browser_locale(request: web.Request, user: User | None = None) -> str:
+    return i18n.choose(user.locale if user else None, request.headers.get("Accept-Language"))
+
+
+def invalid(request: web.Request) -> web.Response:
+    return render(request, "invalid.html", _browser_locale(request), status=404)
+
+
+async def _resolve(request: web.Request, purpose: Purpose) -> tuple[tokens.Link, User] | None:
+    settings = request.app[SETTINGS]
+    lifetime = subscriptions.confirm_lifetime(settings)
+    link = tokens.verify(request.match_info["token"], settings.secret_keys, lifetime=lifetime)
+    if link is None or link.purpose is not purpose:
+        return None
+    if link.topic != ALL_TOPICS and link.topic not in settings.topics:
+        return None
+    user = await store.user_by_handle(link.handle)
+    return (link, user) if user else None
+
+
+def _topics(settings: Settings, link: tokens.Link) -> list[Topic]:
+    if link.topic == ALL_TOPICS:
+        return list(settings.topics.values())
+    return [settings.topics[link.topic]]
+
+
+def _evidence(request: web.Request, source: ConsentSource, note: str | None = None
+              ) -> store.Evidence:
+    return store.Evidence(source=source, actor="user", ip=request.remote,
+                          user_agent=request.headers.get("User-Agent", "")[:512] or None,
+                          note=note)
+
+
+# -- unsubscribe -------------------------------------------------------------------------
+
+
+async def unsubscribe_page(request: web.Request) -> web.Response:
+    found = await _resolve(request, Purpose.UNSUBSCRIBE)
+    if found is None:
+        return invalid(request)
+    link, user = found
+    locale = _browser_locale(request, user)
+    all_links = await links.for_user(request.app[SETTINGS], user)
+    return render(request, "unsubscribe.html", locale,
+                  topics=[t.label(locale) for t in _topics(request.app[SETTINGS], link)],
+                  action=request.path, preferences_url=all_links.preferences)
+
+
+async def unsubscribe_post(request: web.Request) -> web.Response:
+    found = await _resolve(request, Purpose.UNSUBSCRIBE)
+    form = await _form(request)
+    if found is None:
+        return invalid(request)
+    link, user = found
+    settings = request.app[SETTINGS]
+    topics = _topics(settings, link)
+    if form is not None and dict(form) == {"List-Unsubscribe": "One-Click"}:
+        # RFC 8058: the mail client's one-click POST. It withdraws at once, needs nothing
+        # else, must not redirect, and answers 200 even when repeated.
+        for topic in topics:
+            await store.change_consent(user, topic, False, _evidence(request,
+                                       ConsentSource.ONE_CLICK),
+                                       default_policy=settings.policy_version)
+        locale = _browser_locale(request, user)
+        return web.Response(text=i18n.translate(locale, "one_click_done") + "\n")
+    action = form.get("action") if form is not None else None
+    if action == "undo":
+        return await _undo(request, user, topics)
+    if action != "unsubscribe":
+        return invalid(request)
+    changed = []
+    for topic in topics:
+        change, _ = await store.change_consent(
+            user, topic, False, _evidence(request, ConsentSource.UNSUBSCRIBE_PAGE),
+            default_policy=settings.policy_version)
+        changed.append(change.is_change)
+    locale = _browser_locale(request, user)
+    all_links = await links.for_user(settings, user)
+    return render(request, "unsubscribed.html", locale,
+                  topics=[t.label(locale) for t in topics], already=not any(changed),
+                  action=request.path, preferences_url=all_links.preferences)
+
+
+async def _undo(request: web.Request, user: User, topics: list[Topic]) -> web.Response:
+    """Put back what the unsubscribe page withdrew in the last day, and nothing else.
+
+    A topic goes back to the state that unsubscribe replaced: a confirmed subscription is
+    restored as it was; a pending request is asked again (a new confirmation). A topic the
+    user never had stays as it is, so an "undo" can never subscribe anyone to more.
+    """
+    settings = request.app[SETTINGS]
+    confirm = False
+    for topic in topics:
+        last = await store.last_event(user, topic.name)
+        if (last is None or last.source != ConsentSource.UNSUBSCRIBE_PAGE
+                or last.to_state != ConsentState.UNSUBSCRIBED
+                or store.now() - last.recorded_at > UNDO_WINDOW):
+            continue
+        evidence = _evidence(request, ConsentSource.UNSUBSCRIBE_PAGE, "undo")
+        if last.from_state == ConsentState.SUBSCRIBED:
+            await store.change_consent(user, topic, True, evidence,
+                                       default_policy=settings.policy_version, restoring=True)
+        elif last.from_state == ConsentState.PENDING:
+            await subscriptions.request(settings, request.app[EMAIL], user, topic, True,
+                                        evidence)
+            confirm = True
+    locale = _browser_locale(request, user)
+    all_links = await links.for_user(settings, user)
+    return render(request, "undone.html", locale, confirm=confirm,
+                  preferences_url=all_links.preferences)
+
+
+# -- preference center -------------------------------------------------------------------
+
+
+async def preferences_page(request: web.Request) -> web.Response:
+    found = await _resolve(request, Purpose.PREFERENCES)
+    if found is None:
+        return invalid(request)
+    return await _preferences(request, found[1])
+
+
+async def preferences_post(request: web.Request) -> web.Response:
+    found = await _resolve(request, Purpose.PREFERENCES)
+    form = await _form(request)
+    if found is None:
+        return invalid(request)
+    user = found[1]
+    if form is None or form.get("action") not in ("save", "unsubscribe_all"):
+        return invalid(request)
+    settings = request.app[SETTINGS]
+    wanted = set() if form.get("action") == "unsubscribe_all" else set(form.getall("topic", []))
+    states = await store.consent_states(user)
+    sent: list[str] = []
+    for name, topic in settings.topics.items():
+        current = ConsentState(states[name].state) if name in states else None
+        holds = current in (ConsentState.SUBSCRIBED, ConsentState.PENDING)
+        if (name in wanted) == holds:
+            continue  # unchanged on the page: leave it, whatever its state
+        change, _ = await subscriptions.request(
+            settings, request.app[EMAIL], user, topic, name in wanted,
+            _evidence(request, ConsentSource.PREFERENCE_CENTER))
+        if change.to_state is ConsentState.PENDING:
+            sent.append(topic.label(user.locale))
+    return await _preferences(request, user, saved=True, sent=sent)
+
+
+async def _preferences(request: web.Request, user: User, *, saved: bool = False,
+                       sent: list[str] | None = None) -> web.Response:
+    settings = request.app[SETTINGS]
+    locale = _browser_locale(request, user)
+    states = await store.consent_states(user)
+    rows = []
+    for name, topic in settings.topics.items():
+        state = ConsentState(states[name].state) if name in states else None
+        address = user.email if topic.channel.value == "email" else user.phone
+        rows.append({"name": name, "label": topic.label(locale), "address": address,
+                     "checked": state in (ConsentState.SUBSCRIBED, ConsentState.PENDING),
+                     "pending": state is ConsentState.PENDING,
+                     "subscribed": is_subscribed(state)})
+    return render(request, "preferences.html", locale, rows=rows, saved=saved,
+                  sent=", ".join(sent or []), action=request.path)
+
+
+# -- double opt-in -----------------------------------------------------------------------
+
+
+async def confirm_page(request: web.Request) -> web.Response:
+    found = await _resolve(request, Purpose.CONFIRM)
+    if found is None:
+        return invalid(request)
+    link, user = found
+    return await _confirm_view(request, user, link, done=False)
+
+
+async def confirm_post(request: web.Request) -> web.Response:
+    found = await _resolve(request, Purpose.CONFIRM)
+    form = await _form(request)
+    if found is None or form is None or form.get("action") != "confirm":
+        return invalid(request)
+    link, user = found
+    states = await store.consent_states(user)
+    current = states.get(link.topic)
+    if current is not None and current.state == ConsentState.PENDING:
+        settings = request.app[SETTINGS]
+        await store.change_consent(user, settings.topics[link.topic], True,
+                                   _evidence(request, ConsentSource.CONFIRMATION),
+                                   default_policy=settings.policy_version)
+    return await _confirm_view(request, user, link, done=True)
+
+
+async def _confirm_view(request: web.Request, user: User, link: tokens.Link, *,
+                        done: bool) -> web.Response:
+    settings = request.app[SETTINGS]
+    locale = _browser_locale(request, user)
+    topic = settings.topics[link.topic]
+    states = await store.consent_states(user)
+    state = ConsentState(states[link.topic].state) if link.topic in states else None
+    all_links = await links.for_user(settings, user)
+    return render(request, "confirm.html", locale, topic=topic.label(locale),
+                  pending=state is ConsentState.PENDING,
+                  confirmed=done and state is ConsentState.SUBSCRIBED,
+                  action=request.path, preferences_url=all_links.preferences)
+
+
+# -- a way in without an old email -------------------------------------------------------
+
+
+async def ask_page(request: web.Request) -> web.Response:
+    return render(request, "ask.html", _browser_locale(request), error=None, email="")
+
+
+async def ask_post(request: web.Request) -> web.Response:
+    locale = _browser_locale(request)
+    form = await _form(request)
+    raw = (form.get("email") or "").strip() if form is not None else ""
+    try:
+        address = validate_email(raw, check_deliverability=False).normalized.lower()
+    except EmailNotValidError:
+        return render(request, "ask.html", locale, status=422, error="ask_invalid",
+                      email=raw[:320])
+    limiter: Limiter = request.app[LIMITER]
+    if not await limiter.allow_way_in(request.remote or "?", address):
+        return render(request, "ask.html", locale, status=429, error="ask_too_many",
+                      email=address)
+    # The same answer, in the same time, whether or not the address is known: the mail
+    # goes out in the background, so neither the page nor its timing tells.
+    task = asyncio.create_task(_send_way_in(request.app, address))
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+    return render(request, "ask_sent.html", locale)
+
+
+async def _send_way_in(app: web.Application, address: str) -> None:
+    try:
+        user = await User.get_or_none(email=address, erased_at__isnull=True)
+        if user is None or await store.suppressed_kinds(user, app[SETTINGS].hash_key):
+            return
+        await subscriptions.send_preferences_link(app[SETTINGS], app[EMAIL], user)
+    except Exception:
+        log.exception("could not send a preference link")
+
+
+# -- policy ------------------------------------------------------------------------------
+
+
+async def policy_page(request: web.Request) -> web.Response:
+    versions = await PolicyVersion.all().order_by("-effective_at", "-id")
+    return render(request, "policy.html", _browser_locale(request), versions=versions)
+
+
+async def _form(request: web.Request) -> Any:
+    """The posted form (urlencoded or multipart), or None when the body is not a form."""
+    if request.content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        return None
+    try:
+        return await request.post()
+    except (ValueError, UnicodeDecodeError, AssertionError):
+        return None
