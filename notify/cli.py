@@ -20,9 +20,11 @@ from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.exceptions import OperationalError
 
 from notify import __version__, store
+from notify.consent import ConsentSource
 from notify.db import apply_migrations, close_db, open_db, tortoise_config
 from notify.errors import NotifyError
 from notify.importer import ImportFileError, import_users
+from notify.jobs import jobs
 from notify.models import ConsentEvent
 from notify.sender import Sender
 from notify.settings import ConfigError, Settings, load_settings
@@ -109,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--events", type=_positive, default=20,
                       help="how many events (default %(default)s)")
     show.set_defaults(run=cmd_consents_show)
+    withdraw = consents.add_parser(
+        "withdraw", help="withdraw a consent on the user's behalf (support)",
+        description="Record that the user asked support to withdraw a consent (privacy "
+        "policy §2.5, 'by contacting us'). The ledger records source 'support', the actor "
+        "and the note.")
+    withdraw.add_argument("user", metavar="USER", help="the main app's user id")
+    withdraw.add_argument("topic", metavar="TOPIC", help="the topic, or 'all'")
+    withdraw.add_argument("--actor", required=True, help="who acts (the support agent)")
+    withdraw.add_argument("--note", required=True, help="why: the user's request, a ticket")
+    withdraw.set_defaults(run=cmd_consents_withdraw)
     return parser
 
 
@@ -209,7 +221,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     async def work(ctx) -> int:  # noqa: ANN001
         await apply_migrations(ctx)
-        sender = Sender()
+        sender = Sender(jobs=jobs(settings))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, sender.stop)
@@ -297,6 +309,30 @@ def cmd_consents_show(args: argparse.Namespace, settings: Settings) -> int:
         return 0
 
     # A look-up must not create a database (PostgreSQL) as a side effect.
+    return run_db(settings, work, create=False)
+
+
+def cmd_consents_withdraw(args: argparse.Namespace, settings: Settings) -> int:
+    actor, note = args.actor.strip(), args.note.strip()
+    if not actor or not note or len(actor) > 200 or len(note) > 2000:
+        raise CliError("--actor (up to 200 characters) and --note (up to 2000) must not be "
+                       "empty")
+    if args.topic != "all" and args.topic not in settings.topics:
+        raise CliError(f"unknown topic {args.topic!r}; topics are: "
+                       f"{', '.join(settings.topics)}, or all")
+    names = list(settings.topics) if args.topic == "all" else [args.topic]
+
+    async def work(ctx) -> int:  # noqa: ANN001
+        user = await store.get_user(args.user)
+        evidence = store.Evidence(source=ConsentSource.SUPPORT, actor=actor, note=note)
+        for name in names:
+            change, _ = await store.change_consent(
+                user, settings.topics[name], False, evidence,
+                default_policy=settings.policy_version)
+            print(f"{name}: {'withdrawn' if change.is_change else 'already not subscribed'}"
+                  f" ({change.from_state or 'never asked'} -> unsubscribed)")
+        return 0
+
     return run_db(settings, work, create=False)
 
 
