@@ -259,6 +259,8 @@ async def handle_for(user: User) -> str:
 
 async def user_by_handle(handle: str) -> User | None:
     """The user a link names; None for erased users, whose links no longer act."""
+    if not 1 <= len(handle) <= 32:
+        return None
     user = await User.get_or_none(handle=handle)
     if user is None or user.erased_at is not None:
         return None

@@ -32,8 +32,9 @@ from support import PG_ADMIN, TABLES, environ_for, free_port, in_db
 
 from notify.cli import main
 from notify.consent import ConsentSource
+from notify.models import ConsentEvent
 from notify.settings import load_settings
-from notify.store import Evidence, change_consent, save_user
+from notify.store import Evidence, change_consent, get_user, save_user
 
 CLI = [sys.executable, "-m", "notify.cli"]
 DEADLINE = 20.0
@@ -502,3 +503,40 @@ def test_worker_runs_until_sigterm_and_exits_0(process_database, tmp_path):
     assert code == 0, err
     assert "sender stopped" in err
     assert "Traceback" not in err
+
+
+def test_support_withdrawal_from_the_cli_records_actor_and_note(cli, database_url, tmp_path):
+    settings = load_settings(environ=environ_for(database_url, tmp_path / "data"))
+
+    async def seed() -> None:
+        user, _ = await save_user("u1", {"email": "u1@example.com"}, replace=False)
+        for name in ("email_notifications", "sms_notifications"):
+            await change_consent(user, settings.topics[name], True,
+                                 Evidence(source=ConsentSource.API), default_policy="1.0")
+
+    in_db(database_url, seed)
+    result = cli(database_url, "consents", "withdraw", "u1", "all", "--actor", "agent smith",
+                 "--note", "asked by phone, ticket 4711")
+    assert result.code == 0, result
+    assert "email_notifications: withdrawn" in result.out
+    assert "newsletter: withdrawn (never asked -> unsubscribed)" in result.out
+    again = cli(database_url, "consents", "withdraw", "u1", "newsletter", "--actor", "a",
+                "--note", "again")
+    assert again.out.startswith("newsletter: already not subscribed")
+
+    async def last() -> list[tuple]:
+        user = await get_user("u1")
+        events = await ConsentEvent.filter(user_id=user.id, source="support").order_by("id")
+        return [(e.topic, e.to_state, e.actor, e.note) for e in events]
+
+    found = in_db(database_url, last)
+    assert ("email_notifications", "unsubscribed", "agent smith",
+            "asked by phone, ticket 4711") in found
+    assert len(found) == 3  # newsletter was never asked: its refusal is recorded too
+
+    for argv in (["u1", "pigeons"], ["nobody", "newsletter"]):
+        bad = cli(database_url, "consents", "withdraw", *argv, "--actor", "a", "--note", "n")
+        assert_one_line_error(bad, 1)
+    empty = cli(database_url, "consents", "withdraw", "u1", "newsletter", "--actor", " ",
+                "--note", "n")
+    assert_one_line_error(empty, 1, "--actor")

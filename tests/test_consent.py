@@ -62,7 +62,7 @@ def test_withdrawal_always_wins_from_every_state_and_source():
                 assert decide(topic, current, False, source).to_state is U
 
 
-PURE = ["notify/consent.py", "notify/errors.py", "notify/settings.py"]
+PURE = ["notify/consent.py", "notify/errors.py", "notify/settings.py", "notify/tokens.py"]
 FORBIDDEN = ("tortoise", "aiohttp", "aiosmtplib", "twilio", "asyncpg", "aiosqlite", "jinja2")
 
 
