@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import FormData
-from support import APP, snapshot
+from support import ADMIN, APP, snapshot
 
 from notify.models import ConsentEvent, PolicyVersion, User
 from notify.tokens import Link, Purpose, sign
@@ -330,8 +330,24 @@ async def test_links_api_gives_headers_for_the_main_apps_own_mail(client, alice,
 
 
 async def test_links_stop_working_after_erasure(client, alice):
-    from support import ADMIN
-
     url = path((await links(client))["preferences"])
     await client.delete("/v1/users/alice", headers=ADMIN)
     assert (await client.get(url)).status == 404
+
+
+async def test_way_in_is_rate_limited_per_ip(client):
+    statuses = [(await client.post("/preferences", data={"email": f"p{n}@example.com"})).status
+                for n in range(12)]
+    assert statuses[:10] == [200] * 10 and statuses[10:] == [429, 429]
+
+
+async def test_saving_the_page_again_never_sets_a_confirmed_subscription_back_to_pending(
+        client, orm, alice, settings):
+    await client.put("/v1/users/alice/consents/newsletter", headers=ADMIN, json={
+        "subscribed": True, "source": "import", "note": "confirmed in the old system"})
+    url = path((await links(client))["preferences"])
+    before = await snapshot(orm)
+    resp = await client.post(url, data=[("action", "save"), ("topic", "newsletter")])
+    assert resp.status == 200
+    assert await snapshot(orm) == before
+    assert not outbox(settings)
