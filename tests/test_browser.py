@@ -232,7 +232,7 @@ async def test_newsletter_waits_for_confirmation_by_email(server, page):
     await checkbox(page, "newsletter").check()
     await page.get_by_role("button", name="Save", exact=True).click()
     await expect(page.get_by_role("status")).to_have_text(
-        "Your preferences were saved. We sent you an email to confirm: Newsletter.")
+        "Your preferences were saved. We sent you an email to confirm your new subscription.")
     await page.goto(preferences)
     await expect_ticked(page, {"newsletter"})
     await expect(page.get_by_text("waiting for your confirmation")).to_have_count(1)

@@ -190,12 +190,15 @@ async def test_preference_center_saves_and_sends_a_confirmation_for_double_opt_i
         client, orm, alice, settings):
     url = path((await links(client))["preferences"])
     page = await (await client.get(url)).text()
-    assert "Ihre Einstellungen" in page and "alice@example.com" in page
+    assert "Ihre Einstellungen" in page
+    assert "a***@example.com" in page and "alice@example.com" not in page  # masked
 
     form = [("action", "save"), ("topic", "email_notifications"), ("topic", "newsletter")]
-    saved = await client.post(url, data=form)
-    assert saved.status == 200
-    assert "gespeichert" in await saved.text()
+    saved = await client.post(url, data=form, allow_redirects=False)
+    assert saved.status == 303  # post/redirect/get: a reload does not post again
+    assert saved.headers["Location"] == url + "?saved=confirm"
+    shown = await (await client.get(saved.headers["Location"])).text()
+    assert "gespeichert" in shown and "Bestätigung" in shown or "bestätigen" in shown
     assert await states(client) == {"email_notifications": "subscribed",
                                     "sms_notifications": None, "newsletter": "pending"}
     assert {e.source for e in await events(orm)} == {"preference_center"}
@@ -351,3 +354,25 @@ async def test_saving_the_page_again_never_sets_a_confirmed_subscription_back_to
     assert resp.status == 200
     assert await snapshot(orm) == before
     assert not outbox(settings)
+
+
+async def test_topics_without_an_address_cannot_be_ticked(client, orm):
+    await client.put("/v1/users/bob", json={"phone": "+4915123456780"}, headers=APP)
+    url = path((await links(client, "bob"))["preferences"])
+    page = await (await client.get(url)).text()
+    assert 'id="topic-newsletter" name="topic" value="newsletter" ' \
+           'aria-describedby="note-newsletter" disabled' in page
+    before = await snapshot(orm)
+    resp = await client.post(url, data=[("action", "save"), ("topic", "newsletter")],
+                             allow_redirects=False)
+    assert resp.status == 303  # no 422 page for a person; nothing to subscribe there
+    assert await snapshot(orm) == before
+
+
+async def test_undo_with_nothing_to_undo_says_so(client, orm, alice):
+    url = path((await links(client))["unsubscribe"]["newsletter"])
+    await client.post(url, data={"action": "unsubscribe"})
+    before = await snapshot(orm)
+    resp = await client.post(url, data={"action": "undo"}, headers={"Accept-Language": "en"})
+    assert "Nichts rückgängig zu machen" in await resp.text()  # Alice's locale wins
+    assert await snapshot(orm) == before

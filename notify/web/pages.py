@@ -140,7 +140,7 @@ async def _undo(request: web.Request, user: User, topics: list[Topic]) -> web.Re
     user never had stays as it is, so an "undo" can never subscribe anyone to more.
     """
     settings = request.app[SETTINGS]
-    confirm = False
+    confirm = restored = False
     for topic in topics:
         last = await store.last_event(user, topic.name)
         if (last is None or last.source != ConsentSource.UNSUBSCRIBE_PAGE
@@ -151,13 +151,14 @@ async def _undo(request: web.Request, user: User, topics: list[Topic]) -> web.Re
         if last.from_state == ConsentState.SUBSCRIBED:
             await store.change_consent(user, topic, True, evidence,
                                        default_policy=settings.policy_version, restoring=True)
+            restored = True
         elif last.from_state == ConsentState.PENDING:
             await subscriptions.request(settings, request.app[EMAIL], user, topic, True,
                                         evidence)
             confirm = True
     locale = _browser_locale(request, user)
     all_links = await links.for_user(settings, user)
-    return render(request, "undone.html", locale, confirm=confirm,
+    return render(request, "undone.html", locale, confirm=confirm, restored=restored,
                   preferences_url=all_links.preferences)
 
 
@@ -168,7 +169,9 @@ async def preferences_page(request: web.Request) -> web.Response:
     found = await _resolve(request, Purpose.PREFERENCES)
     if found is None:
         return invalid(request)
-    return await _preferences(request, found[1])
+    saved = request.query.get("saved")
+    return await _preferences(request, found[1], saved=saved in ("1", "confirm"),
+                              sent=saved == "confirm")
 
 
 async def preferences_post(request: web.Request) -> web.Response:
@@ -182,35 +185,51 @@ async def preferences_post(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     wanted = set() if form.get("action") == "unsubscribe_all" else set(form.getall("topic", []))
     states = await store.consent_states(user)
-    sent: list[str] = []
+    sent = False
     for name, topic in settings.topics.items():
         current = ConsentState(states[name].state) if name in states else None
         holds = current in (ConsentState.SUBSCRIBED, ConsentState.PENDING)
         if (name in wanted) == holds:
             continue  # unchanged on the page: leave it, whatever its state
+        if name in wanted and not _address(user, topic):
+            continue  # the page offers no box for it: nothing could be sent there
         change, _ = await subscriptions.request(
             settings, request.app[EMAIL], user, topic, name in wanted,
             _evidence(request, ConsentSource.PREFERENCE_CENTER))
-        if change.to_state is ConsentState.PENDING:
-            sent.append(topic.label(user.locale))
-    return await _preferences(request, user, saved=True, sent=sent)
+        sent = sent or change.to_state is ConsentState.PENDING
+    # Post/redirect/get: reloading the result must not send the form again.
+    raise web.HTTPSeeOther(f"{request.path}?saved={'confirm' if sent else '1'}")
+
+
+def _address(user: User, topic: Topic) -> str | None:
+    return user.email if topic.channel.value == "email" else user.phone
+
+
+def _masked(address: str | None) -> str | None:
+    """Enough to recognise one's own address; a forwarded link shows no more than that."""
+    if not address:
+        return None
+    if "@" in address:
+        local, _, domain = address.partition("@")
+        return f"{local[:1]}***@{domain}"
+    return f"{address[:3]}***{address[-3:]}"
 
 
 async def _preferences(request: web.Request, user: User, *, saved: bool = False,
-                       sent: list[str] | None = None) -> web.Response:
+                       sent: bool = False) -> web.Response:
     settings = request.app[SETTINGS]
     locale = _browser_locale(request, user)
     states = await store.consent_states(user)
     rows = []
     for name, topic in settings.topics.items():
         state = ConsentState(states[name].state) if name in states else None
-        address = user.email if topic.channel.value == "email" else user.phone
-        rows.append({"name": name, "label": topic.label(locale), "address": address,
+        rows.append({"name": name, "label": topic.label(locale),
+                     "address": _masked(_address(user, topic)),
                      "checked": state in (ConsentState.SUBSCRIBED, ConsentState.PENDING),
                      "pending": state is ConsentState.PENDING,
                      "subscribed": is_subscribed(state)})
-    return render(request, "preferences.html", locale, rows=rows, saved=saved,
-                  sent=", ".join(sent or []), action=request.path)
+    return render(request, "preferences.html", locale, rows=rows, saved=saved, sent=sent,
+                  action=request.path)
 
 
 # -- double opt-in -----------------------------------------------------------------------
