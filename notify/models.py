@@ -136,3 +136,56 @@ class PolicyVersion(Model):
 
     class Meta:
         table = "policy_versions"
+
+
+class DeliveryStatus(StrEnum):
+    """Where one message to one user on one channel stands. Same words in logs and API."""
+
+    QUEUED = "queued"  # waiting to be sent, or to be tried again at next_attempt_at
+    SENDING = "sending"  # claimed by a worker until lease_until
+    SENT = "sent"  # accepted by the relay or Twilio
+    DELIVERED = "delivered"  # the carrier confirmed delivery (SMS status callbacks)
+    FAILED = "failed"  # a permanent failure, or temporary ones until the deadline passed
+    SKIPPED = "skipped"  # not sent: the check right before sending said no (skip_reason)
+    BOUNCED = "bounced"  # accepted, then bounced back (a DSN to the VERP address)
+
+
+class Delivery(Model):
+    """One message to one user on one channel: the outbox row the sender works through."""
+
+    id = fields.BigIntField(primary_key=True)
+    user = fields.ForeignKeyField("models.User", related_name="deliveries",
+                                  on_delete=fields.RESTRICT)
+    channel = fields.CharField(max_length=8)  # a settings.Channel
+    kind = fields.CharField(max_length=32)  # the template: confirmation, newsletter, ...
+    topic = fields.CharField(max_length=64, null=True)  # what the user can unsubscribe from
+    context = fields.JSONField(default=dict)  # template variables
+    status = fields.CharField(max_length=16, default=DeliveryStatus.QUEUED.value)
+    skip_reason = fields.CharField(max_length=32, null=True)
+    attempts = fields.IntField(default=0)
+    next_attempt_at = fields.DatetimeField()
+    lease_until = fields.DatetimeField(null=True)
+    deadline = fields.DatetimeField()  # temporary failures are retried until then
+    message_id = fields.CharField(max_length=255, null=True)  # stable across retries
+    provider_ref = fields.CharField(max_length=255, null=True)  # relay queue id, Twilio SID
+    last_error = fields.TextField(null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    sent_at = fields.DatetimeField(null=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        table = "deliveries"
+        indexes = (("status", "next_attempt_at"), ("user_id", "id"))
+
+
+class BounceScore(Model):
+    """Soft-bounce score of an address (Mailman's scheme): hard bounces suppress at once,
+    soft ones add up, at most once a day, and the score decays while nothing bounces."""
+
+    id = fields.BigIntField(primary_key=True)
+    address_hash = fields.CharField(max_length=64, unique=True)  # email, keyed hash
+    score = fields.FloatField(default=0.0)
+    last_bounce_at = fields.DatetimeField()
+
+    class Meta:
+        table = "bounce_scores"

@@ -130,12 +130,12 @@ def test_migrate_builds_the_schema_then_changes_nothing(empty_database, tmp_path
 
     first = run(["migrate"], env)
     assert first.code == 0, first
-    assert first.out == "applied: models.0001_initial\n"
+    assert first.out == "applied: models.0001_initial, models.0002_deliveries\n"
     assert "Traceback" not in first.err
     built = schema(empty_database)
     assert {*TABLES, "tortoise_migrations"} <= table_names(empty_database, built)
     records = applied_migrations(empty_database)
-    assert len(records) == 1
+    assert len(records) == 2
 
     second = run(["migrate"], env)
     assert second.code == 0, second

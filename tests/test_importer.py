@@ -86,9 +86,10 @@ def user_ids(database_url: str) -> list[str]:
 
 def counts(database_url: str) -> dict[str, int]:
     async def read() -> dict[str, int]:
-        from notify.models import PolicyVersion, Suppression
+        from notify.models import BounceScore, Delivery, PolicyVersion, Suppression
 
-        models = (ConsentEvent, Consent, Suppression, PolicyVersion, User)
+        models = (Delivery, BounceScore, ConsentEvent, Consent, Suppression, PolicyVersion,
+                  User)
         return {t: await m.all().count() for t, m in zip(TABLES, models, strict=True)}
 
     return in_db(database_url, read)

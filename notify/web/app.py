@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -14,7 +15,7 @@ from notify.db import apply_migrations, close_db, open_db
 from notify.jobs import jobs
 from notify.sender import Sender, running
 from notify.settings import Settings
-from notify.web.endpoints import DB, EMAIL, LIMITER, SETTINGS, openapi
+from notify.web.endpoints import BACKGROUND, DB, EMAIL, LIMITER, SETTINGS, openapi
 from notify.web.pages_routes import PAGES
 from notify.web.problems import Handler, problem_middleware
 from notify.web.ratelimit import Limiter
@@ -35,6 +36,7 @@ def make_app(
     app[LIMITER] = Limiter()
     app.cleanup_ctx.append(_database(settings, migrate=migrate))
     app.cleanup_ctx.append(_email_channel)
+    app.cleanup_ctx.append(_background)
     if start_sender:
         app.cleanup_ctx.append(_sender)
     for endpoint in ENDPOINTS:
@@ -81,6 +83,19 @@ async def _email_channel(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await app[EMAIL].close()
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    # Runs before the database and the channel close (cleanup goes in reverse order), so
+    # no task is left querying a closed pool.
+    app[BACKGROUND] = set()
+    yield
+    tasks = set(app[BACKGROUND])
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=10)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 async def _sender(app: web.Application) -> AsyncIterator[None]:

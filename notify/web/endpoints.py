@@ -41,6 +41,8 @@ SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", TortoiseContext)
 EMAIL = web.AppKey("email", EmailChannel)
 LIMITER = web.AppKey("limiter", Limiter)
+#: Work a request started and did not wait for; finished (or cancelled) before shutdown.
+BACKGROUND = web.AppKey("background", set)
 
 
 @dataclass(slots=True)

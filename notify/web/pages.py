@@ -24,7 +24,7 @@ from notify.consent import ConsentSource, ConsentState, is_subscribed
 from notify.models import PolicyVersion, User
 from notify.settings import Settings, Topic
 from notify.tokens import ALL_TOPICS, Purpose
-from notify.web.endpoints import EMAIL, LIMITER, SETTINGS
+from notify.web.endpoints import BACKGROUND, EMAIL, LIMITER, SETTINGS
 from notify.web.ratelimit import Limiter
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ _ENV = jinja2.Environment(
 )
 #: An undo restores the earlier state only shortly after the unsubscribe it undoes.
 UNDO_WINDOW = timedelta(hours=24)
-_BACKGROUND: set[asyncio.Task[None]] = set()
 
 
 def render(request: web.Request, name: str, locale: str, status: int = 200,
@@ -295,9 +294,10 @@ async def ask_post(request: web.Request) -> web.Response:
                       email=address)
     # The same answer, in the same time, whether or not the address is known: the mail
     # goes out in the background, so neither the page nor its timing tells.
+    background = request.app[BACKGROUND]
     task = asyncio.create_task(_send_way_in(request.app, address))
-    _BACKGROUND.add(task)
-    task.add_done_callback(_BACKGROUND.discard)
+    background.add(task)
+    task.add_done_callback(background.discard)
     return render(request, "ask_sent.html", locale)
 
 
