@@ -121,7 +121,50 @@ def build_parser() -> argparse.ArgumentParser:
     withdraw.add_argument("--actor", required=True, help="who acts (the support agent)")
     withdraw.add_argument("--note", required=True, help="why: the user's request, a ticket")
     withdraw.set_defaults(run=cmd_consents_withdraw)
+    dkim = commands.add_parser("dkim", help="DKIM keys").add_subparsers(
+        dest="dkim_command", metavar="ACTION", required=True)
+    keygen = dkim.add_parser(
+        "keygen", help="write a DKIM key pair and print the DNS record to publish",
+        description="Write a private key (PEM) for signing and print the TXT record to "
+        "publish at SELECTOR._domainkey.DOMAIN.")
+    keygen.add_argument("--domain", required=True, help="the signing domain (d=)")
+    keygen.add_argument("--selector", required=True, help="the selector (s=)")
+    keygen.add_argument("--out-dir", type=Path, default=Path("."),
+                        help="where to write the key files (default: here)")
+    keygen.add_argument("--ed25519", action="store_true",
+                        help="also write an ed25519 key for a second signature (RFC 8463)")
+    keygen.set_defaults(run=_lazy("notify.dkim", "cmd_keygen"))
+
+    inbound = commands.add_parser(
+        "inbound", help="receive bounces, complaints and mailto unsubscribes by SMTP",
+        description="Run an SMTP listener for DSNs sent to the VERP address "
+        "(bounces+TOKEN@), ARF spam complaints and mail to unsubscribe+TOKEN@.")
+    inbound.add_argument("--host", help="address to bind (default: NOTIFY_INBOUND_HOST)")
+    inbound.add_argument("--port", type=_port, help="port (default: NOTIFY_INBOUND_PORT)")
+    inbound.set_defaults(run=_lazy("notify.inbound", "cmd_inbound"))
+
+    preview = commands.add_parser(
+        "preview", help="render a message kind with sample data",
+        description="Render an email kind (policy_change, newsletter, notification, "
+        "confirmation, preferences_link) with sample data to an HTML file, to check the "
+        "templates; a template error names the file and line.")
+    preview.add_argument("kind", metavar="KIND")
+    preview.add_argument("--locale", default="en", help="en or de (default en)")
+    preview.add_argument("--out", type=Path, metavar="FILE.html",
+                         help="write the HTML here (default: print the text part)")
+    preview.set_defaults(run=_lazy("notify.preview", "cmd_preview"))
     return parser
+
+
+def _lazy(module: str, name: str):  # noqa: ANN202 - a command function
+    """A command whose module is imported only when it runs (keeps start-up light)."""
+
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(args, settings)
+
+    return run
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from notify import store, tokens
 from notify.models import User
 from notify.settings import Settings
-from notify.tokens import ALL_TOPICS, Link, Purpose
+from notify.tokens import ALL_TOPICS, AddressPurpose, Link, Purpose
 
 ONE_CLICK_BODY = "List-Unsubscribe=One-Click"
 
@@ -39,3 +39,15 @@ async def for_user(settings: Settings, user: User, delivery: int | None = None) 
 async def confirmation(settings: Settings, user: User, topic: str) -> str:
     handle = await store.handle_for(user)
     return url(settings, "confirm", Link(handle, Purpose.CONFIRM, topic))
+
+
+def verp_address(settings: Settings, delivery: int) -> str:
+    """The Return-Path of a delivery: bounces for it come back here (VERP)."""
+    token = tokens.address_token(AddressPurpose.BOUNCE, delivery, settings.secret_keys)
+    return f"bounces+{token}@{settings.mail_domain}"
+
+
+def mailto_unsubscribe(settings: Settings, delivery: int) -> str:
+    """The List-Unsubscribe mailto address of a delivery (RFC 2369)."""
+    token = tokens.address_token(AddressPurpose.UNSUBSCRIBE, delivery, settings.secret_keys)
+    return f"unsubscribe+{token}@{settings.mail_domain}"

@@ -103,11 +103,21 @@ class Settings:
     smtp_username: str
     smtp_password: str = field(repr=False)
     smtp_tls: str
+    smtp_timeout: int
+    smtp_pool_size: int
+    smtp_rate: int
     mail_from: str
+    reply_to: str
     postal_address: str
     dkim_domain: str
     dkim_selector: str
     dkim_key_file: Path | None
+    dkim_ed25519_key_file: Path | None
+    inbound_host: str
+    inbound_port: int
+    bounce_threshold: float
+    bounce_stale_days: int
+    retry_hours: int
     sms_transport: str
     twilio_account_sid: str
     twilio_auth_token: str = field(repr=False)
@@ -129,6 +139,11 @@ class Settings:
     def sms_log_file(self) -> Path:
         return self.data_dir / "sms.log"
 
+    @property
+    def mail_domain(self) -> str:
+        """Where VERP bounces and mailto unsubscribes arrive: the From address's domain."""
+        return self.mail_from.rpartition("@")[2]
+
 
 # key -> (default, one-line description). The description is used in error messages;
 # config/notify.example.toml carries the full comment for each key.
@@ -145,11 +160,21 @@ KEYS: dict[str, Any] = {
     "smtp_username": "",
     "smtp_password": "",
     "smtp_tls": "starttls",
+    "smtp_timeout": 30,
+    "smtp_pool_size": 4,
+    "smtp_rate": 0,
     "mail_from": "notify@example.com",
+    "reply_to": "",
     "postal_address": "",
     "dkim_domain": "",
     "dkim_selector": "",
     "dkim_key_file": "",
+    "dkim_ed25519_key_file": "",
+    "inbound_host": "127.0.0.1",
+    "inbound_port": 2525,
+    "bounce_threshold": 5,
+    "bounce_stale_days": 7,
+    "retry_hours": 48,
     "sms_transport": "log",
     "twilio_account_sid": "",
     "twilio_auth_token": "",
@@ -232,6 +257,16 @@ def _build(raw: dict[str, Any], topics_raw: dict[str, Any]) -> Settings:
         "log_level", str(value["log_level"]).upper(), ("DEBUG", "INFO", "WARNING", "ERROR")
     )
     s["mail_from"] = _email("mail_from", value["mail_from"])
+    reply_to = _text(value["reply_to"]).strip()
+    s["reply_to"] = _email("reply_to", reply_to) if reply_to else ""
+    s["smtp_timeout"] = _integer("smtp_timeout", value["smtp_timeout"], 1, 600)
+    s["smtp_pool_size"] = _integer("smtp_pool_size", value["smtp_pool_size"], 1, 64)
+    s["smtp_rate"] = _integer("smtp_rate", value["smtp_rate"], 0, 100_000)
+    s["inbound_port"] = _integer("inbound_port", value["inbound_port"], 1, 65535)
+    s["inbound_host"] = _text(value["inbound_host"]).strip() or "127.0.0.1"
+    s["bounce_threshold"] = float(_integer("bounce_threshold", value["bounce_threshold"], 1, 100))
+    s["bounce_stale_days"] = _integer("bounce_stale_days", value["bounce_stale_days"], 1, 365)
+    s["retry_hours"] = _integer("retry_hours", value["retry_hours"], 1, 720)
     for key in (
         "smtp_host",
         "smtp_username",
@@ -248,6 +283,15 @@ def _build(raw: dict[str, Any], topics_raw: dict[str, Any]) -> Settings:
     if not s["policy_version"]:
         raise ConfigError(f"{env_name('policy_version')}: must not be empty")
     s["dkim_key_file"] = _dkim(s, _text(value["dkim_key_file"]).strip())
+    ed25519 = _text(value["dkim_ed25519_key_file"]).strip()
+    s["dkim_ed25519_key_file"] = None
+    if ed25519:
+        if s["dkim_key_file"] is None:
+            raise ConfigError(f"{env_name('dkim_ed25519_key_file')}: needs the RSA key "
+                              "settings NOTIFY_DKIM_* too (ed25519 is a second signature)")
+        if not Path(ed25519).expanduser().is_file():
+            raise ConfigError(f"{env_name('dkim_ed25519_key_file')}: no such file {ed25519}")
+        s["dkim_ed25519_key_file"] = Path(ed25519).expanduser()
     _require_for_transports(s)
     s["topics"] = _topics(topics_raw)
 

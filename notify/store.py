@@ -287,3 +287,22 @@ async def expire_pending(topics: Mapping[str, Topic], *, days: int, default_poli
                                          default_policy=default_policy)
         done += change.is_change
     return done
+
+
+async def suppress(hash_key: bytes, kind: AddressKind, address: str, reason: str,
+                   note: str | None = None) -> bool:
+    """Block an address for good (keyed hash); returns False when it was blocked already."""
+    digest = address_hash(hash_key, kind, address)
+    try:
+        async with in_transaction():
+            if await Suppression.filter(kind=kind, address_hash=digest).exists():
+                return False
+            await Suppression.create(kind=kind, address_hash=digest, reason=reason, note=note)
+    except IntegrityError:
+        return False  # a concurrent suppression of the same address won
+    return True
+
+
+async def is_suppressed(hash_key: bytes, kind: AddressKind, address: str) -> bool:
+    digest = address_hash(hash_key, kind, address)
+    return await Suppression.filter(kind=kind, address_hash=digest).exists()
