@@ -20,12 +20,14 @@ from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.exceptions import OperationalError
 
 from notify import __version__, store
+from notify.channels.factory import email_channel, signer
 from notify.consent import ConsentSource
 from notify.db import apply_migrations, close_db, open_db, tortoise_config
 from notify.errors import NotifyError
 from notify.importer import ImportFileError, import_users
 from notify.jobs import jobs
 from notify.models import ConsentEvent
+from notify.postman import Postman
 from notify.sender import Sender
 from notify.settings import ConfigError, Settings, load_settings
 
@@ -264,12 +266,16 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     async def work(ctx) -> int:  # noqa: ANN001
         await apply_migrations(ctx)
-        sender = Sender(jobs=jobs(settings))
+        channel = email_channel(settings)
+        sender = Sender(jobs=jobs(settings, Postman(settings, channel, signer(settings))))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, sender.stop)
         print("notify worker running; stop with Ctrl-C or SIGTERM", flush=True)
-        await sender.run()
+        try:
+            await sender.run()
+        finally:
+            await channel.close()
         return 0
 
     _ensure_data_dir(settings)

@@ -81,13 +81,16 @@ def render(email: Email, settings: Settings) -> tuple[str, str, str]:
 def build(email: Email, settings: Settings) -> EmailMessage:
     subject, text, html = render(email, settings)
     message = EmailMessage()
-    sender = settings.mail_from
-    message["From"] = sender
-    message["To"] = Address(display_name=email.to_name or "", addr_spec=email.to)
-    message["Subject"] = subject
-    message["Date"] = format_datetime(now())
-    message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2])
-    for name, value in email.headers.items():
+    headers = {
+        "From": settings.mail_from,
+        "To": Address(display_name=email.to_name or "", addr_spec=email.to),
+        "Subject": subject,
+        "Date": format_datetime(now()),
+        "Message-ID": make_msgid(domain=settings.mail_domain),
+        **({"Reply-To": settings.reply_to} if settings.reply_to else {}),
+        **email.headers,  # the delivery's own: a stable Message-ID, List-Unsubscribe, ...
+    }
+    for name, value in headers.items():
         message[name] = value
     message.set_content(text, cte="quoted-printable")
     message.add_alternative(html, subtype="html", cte="quoted-printable")

@@ -8,11 +8,11 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from notify import i18n, links, mail, store
-from notify.channels import DeliveryError, EmailChannel
+from notify import store
 from notify.consent import Change, ConsentState
 from notify.errors import InvalidRequest
 from notify.models import ConsentEvent, User
+from notify.postman import Postman
 from notify.settings import Channel, Settings, Topic
 from notify.tokens import Purpose
 
@@ -24,14 +24,14 @@ def confirm_lifetime(settings: Settings) -> dict[Purpose, timedelta]:
 
 
 async def request(
-    settings: Settings,
-    channel: EmailChannel,
+    postman: Postman,
     user: User,
     topic: Topic,
     subscribe: bool,
     evidence: store.Evidence,
 ) -> tuple[Change, ConsentEvent | None]:
     """Apply a consent request; send the confirmation when it leaves the topic pending."""
+    settings = postman.settings
     needs_confirmation = subscribe and topic.double_opt_in
     if needs_confirmation and topic.channel is Channel.EMAIL and not user.email:
         raise InvalidRequest(f"{topic.name} needs a confirmed email address and this user has "
@@ -41,39 +41,22 @@ async def request(
     state = change.to_state or change.from_state
     if subscribe and state is ConsentState.PENDING:
         # Also when it was pending already: asking again usually means the mail was lost.
-        await send_confirmation(settings, channel, user, topic)
+        await send_now(postman, user, "confirmation", topic=topic.name)
     return change, event
 
 
-async def send_confirmation(settings: Settings, channel: EmailChannel, user: User,
-                            topic: Topic) -> None:
+async def send_preferences_link(postman: Postman, user: User) -> None:
+    await send_now(postman, user, "preferences_link")
+
+
+async def send_now(postman: Postman, user: User, kind: str, *, topic: str | None = None
+                   ) -> None:
+    """Queue a message the user is waiting for, and try it at once. If the relay is away
+    the delivery stays queued and the sender retries it: nothing is lost."""
     if not user.email:
         return
-    footer_links = await links.for_user(settings, user)
-    email = mail.Email(
-        to=user.email, to_name=user.name, kind="confirmation", locale=i18n.choose(user.locale),
-        context={"name": user.name, "topic_label": topic.label(user.locale),
-                 "confirm_url": await links.confirmation(settings, user, topic.name),
-                 "days": settings.pending_days},
-        footer=mail.Footer(preferences_url=footer_links.preferences),
-    )
-    await _send(settings, channel, email)
-
-
-async def send_preferences_link(settings: Settings, channel: EmailChannel, user: User) -> None:
-    if not user.email:
-        return
-    footer_links = await links.for_user(settings, user)
-    email = mail.Email(to=user.email, to_name=user.name, kind="preferences_link",
-                       locale=i18n.choose(user.locale), context={},
-                       footer=mail.Footer(preferences_url=footer_links.preferences))
-    await _send(settings, channel, email)
-
-
-async def _send(settings: Settings, channel: EmailChannel, email: mail.Email) -> None:
-    message = mail.build(email, settings)
+    delivery = await postman.enqueue(user, kind, topic=topic)
     try:
-        await channel.send(message)
-    except DeliveryError as exc:
-        # The consent change stands; the user can ask again from the preference page.
-        log.warning("could not send %s email: %s", email.kind, exc.detail)
+        await postman.send_now(delivery)
+    except Exception:
+        log.exception("delivery %s: first attempt failed; the sender will retry", delivery.id)

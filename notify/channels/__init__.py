@@ -6,21 +6,38 @@ permanent, and the caller decides what to do about them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from email.message import EmailMessage
 from typing import Protocol
 
 from notify.errors import NotifyError
 
 
 class DeliveryError(NotifyError):
-    """A message was not delivered. ``temporary`` says whether trying again may work."""
+    """A message was not delivered. ``temporary`` says whether trying again may work;
+    ``code`` and ``status`` carry the relay's reply (550, "5.1.1") when there was one."""
 
     title = "Delivery failed"
 
-    def __init__(self, detail: str, *, temporary: bool, response: str | None = None) -> None:
+    def __init__(self, detail: str, *, temporary: bool, code: int | None = None,
+                 status: str | None = None) -> None:
         super().__init__(detail)
         self.temporary = temporary
-        self.response = response
+        self.code = code
+        self.status = status
+
+    @property
+    def is_unknown_address(self) -> bool:
+        """RFC 3463 5.1.x: the mailbox does not exist (or the address is bad) for good."""
+        return not self.temporary and (self.status or "").startswith("5.1.")
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What goes over SMTP: the envelope sender (our VERP address), the recipients, and
+    the message bytes exactly as sent, DKIM signature included."""
+
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +49,6 @@ class Receipt:
 class EmailChannel(Protocol):
     name: str
 
-    async def send(self, message: EmailMessage) -> Receipt: ...
+    async def send(self, envelope: Envelope) -> Receipt: ...
 
     async def close(self) -> None: ...

@@ -8,10 +8,9 @@ import asyncio
 import os
 import uuid
 from datetime import UTC, datetime
-from email.message import EmailMessage
 from pathlib import Path
 
-from notify.channels import DeliveryError, Receipt
+from notify.channels import DeliveryError, Envelope, Receipt
 
 
 class FileEmailChannel:
@@ -20,8 +19,10 @@ class FileEmailChannel:
     def __init__(self, outbox: Path) -> None:
         self.outbox = outbox
 
-    async def send(self, message: EmailMessage) -> Receipt:
-        data = message.as_bytes()
+    async def send(self, envelope: Envelope) -> Receipt:
+        # The envelope sender goes where the receiving MTA would put it; the rest are the
+        # bytes SMTP would carry.
+        data = f"Return-Path: <{envelope.mail_from}>\r\n".encode() + envelope.data
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
         name = f"{stamp}-{uuid.uuid4().hex[:8]}.eml"
         try:

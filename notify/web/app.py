@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -10,12 +9,13 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 from tortoise.context import set_global_context
 
-from notify.channels.factory import email_channel
+from notify.channels.factory import email_channel, signer
 from notify.db import apply_migrations, close_db, open_db
 from notify.jobs import jobs
+from notify.postman import Postman
 from notify.sender import Sender, running
 from notify.settings import Settings
-from notify.web.endpoints import BACKGROUND, DB, EMAIL, LIMITER, SETTINGS, openapi
+from notify.web.endpoints import DB, LIMITER, POSTMAN, SETTINGS, openapi
 from notify.web.pages_routes import PAGES
 from notify.web.problems import Handler, problem_middleware
 from notify.web.ratelimit import Limiter
@@ -35,8 +35,7 @@ def make_app(
     app[SETTINGS] = settings
     app[LIMITER] = Limiter()
     app.cleanup_ctx.append(_database(settings, migrate=migrate))
-    app.cleanup_ctx.append(_email_channel)
-    app.cleanup_ctx.append(_background)
+    app.cleanup_ctx.append(_postman)
     if start_sender:
         app.cleanup_ctx.append(_sender)
     for endpoint in ENDPOINTS:
@@ -77,29 +76,18 @@ def _database(settings: Settings, *, migrate: bool) -> Callable[[web.Application
 SENDER = web.AppKey("sender", Sender)
 
 
-async def _email_channel(app: web.Application) -> AsyncIterator[None]:
-    app[EMAIL] = email_channel(app[SETTINGS])
+async def _postman(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    channel = email_channel(settings)
+    app[POSTMAN] = Postman(settings, channel, signer(settings))
     try:
         yield
     finally:
-        await app[EMAIL].close()
-
-
-async def _background(app: web.Application) -> AsyncIterator[None]:
-    # Runs before the database and the channel close (cleanup goes in reverse order), so
-    # no task is left querying a closed pool.
-    app[BACKGROUND] = set()
-    yield
-    tasks = set(app[BACKGROUND])
-    if tasks:
-        _, pending = await asyncio.wait(tasks, timeout=10)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await channel.close()
 
 
 async def _sender(app: web.Application) -> AsyncIterator[None]:
-    app[SENDER] = Sender(jobs=jobs(app[SETTINGS]))
+    app[SENDER] = Sender(jobs=jobs(app[SETTINGS], app[POSTMAN]))
     async with running(app[SENDER]):
         yield
 

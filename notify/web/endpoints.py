@@ -22,8 +22,8 @@ from pydantic.json_schema import models_json_schema
 from tortoise.context import TortoiseContext
 
 from notify import __version__
-from notify.channels import EmailChannel
 from notify.errors import InvalidRequest
+from notify.postman import Postman
 from notify.settings import ApiKey, Settings
 from notify.web.problems import (
     STATUS,
@@ -39,10 +39,8 @@ from notify.web.schemas import Problem
 
 SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", TortoiseContext)
-EMAIL = web.AppKey("email", EmailChannel)
+POSTMAN = web.AppKey("postman", Postman)
 LIMITER = web.AppKey("limiter", Limiter)
-#: Work a request started and did not wait for; finished (or cancelled) before shutdown.
-BACKGROUND = web.AppKey("background", set)
 
 
 @dataclass(slots=True)

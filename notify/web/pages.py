@@ -9,7 +9,6 @@ exists and changes nothing.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import timedelta
 from pathlib import Path
@@ -24,7 +23,7 @@ from notify.consent import ConsentSource, ConsentState, is_subscribed
 from notify.models import PolicyVersion, User
 from notify.settings import Settings, Topic
 from notify.tokens import ALL_TOPICS, Purpose
-from notify.web.endpoints import BACKGROUND, EMAIL, LIMITER, SETTINGS
+from notify.web.endpoints import LIMITER, POSTMAN, SETTINGS
 from notify.web.ratelimit import Limiter
 
 log = logging.getLogger(__name__)
@@ -152,8 +151,7 @@ async def _undo(request: web.Request, user: User, topics: list[Topic]) -> web.Re
                                        default_policy=settings.policy_version, restoring=True)
             restored = True
         elif last.from_state == ConsentState.PENDING:
-            await subscriptions.request(settings, request.app[EMAIL], user, topic, True,
-                                        evidence)
+            await subscriptions.request(request.app[POSTMAN], user, topic, True, evidence)
             confirm = True
     locale = _browser_locale(request, user)
     all_links = await links.for_user(settings, user)
@@ -193,7 +191,7 @@ async def preferences_post(request: web.Request) -> web.Response:
         if name in wanted and not _address(user, topic):
             continue  # the page offers no box for it: nothing could be sent there
         change, _ = await subscriptions.request(
-            settings, request.app[EMAIL], user, topic, name in wanted,
+            request.app[POSTMAN], user, topic, name in wanted,
             _evidence(request, ConsentSource.PREFERENCE_CENTER))
         sent = sent or change.to_state is ConsentState.PENDING
     # Post/redirect/get: reloading the result must not send the form again.
@@ -292,23 +290,13 @@ async def ask_post(request: web.Request) -> web.Response:
     if not await limiter.allow_way_in(request.remote or "?", address):
         return render(request, "ask.html", locale, status=429, error="ask_too_many",
                       email=address)
-    # The same answer, in the same time, whether or not the address is known: the mail
-    # goes out in the background, so neither the page nor its timing tells.
-    background = request.app[BACKGROUND]
-    task = asyncio.create_task(_send_way_in(request.app, address))
-    background.add(task)
-    task.add_done_callback(background.discard)
+    # The same answer whether or not the address is known. The mail is only queued here
+    # (one insert) and the sender sends it, so the answer's timing hardly differs either.
+    user = await User.get_or_none(email=address, erased_at__isnull=True)
+    if user is not None and not await store.suppressed_kinds(user, request.app[SETTINGS]
+                                                             .hash_key):
+        await request.app[POSTMAN].enqueue(user, "preferences_link")
     return render(request, "ask_sent.html", locale)
-
-
-async def _send_way_in(app: web.Application, address: str) -> None:
-    try:
-        user = await User.get_or_none(email=address, erased_at__isnull=True)
-        if user is None or await store.suppressed_kinds(user, app[SETTINGS].hash_key):
-            return
-        await subscriptions.send_preferences_link(app[SETTINGS], app[EMAIL], user)
-    except Exception:
-        log.exception("could not send a preference link")
 
 
 # -- policy ------------------------------------------------------------------------------

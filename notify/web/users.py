@@ -12,7 +12,7 @@ from notify.consent import API_SOURCES, ConsentSource, ConsentState, is_subscrib
 from notify.errors import InvalidRequest, NotFound
 from notify.models import Consent, ConsentEvent, User
 from notify.settings import Topic
-from notify.web.endpoints import EMAIL, Call
+from notify.web.endpoints import POSTMAN, Call
 from notify.web.problems import Forbidden
 from notify.web.schemas import (
     ConsentChangeOut,
@@ -138,8 +138,8 @@ async def put_consent(call: Call) -> ConsentChangeOut:
                            else call.key.kid)
     evidence = store.Evidence(source=body.source, actor=actor, ip=body.ip,
                               user_agent=body.user_agent, note=body.note)
-    change, _ = await subscriptions.request(call.settings, call.request.app[EMAIL], user,
-                                            topic, body.subscribed, evidence)
+    change, _ = await subscriptions.request(call.request.app[POSTMAN], user, topic,
+                                            body.subscribed, evidence)
     row = await Consent.get_or_none(user_id=user.id, topic=topic.name)
     out = consent_out(topic, row, user.locale)
     return ConsentChangeOut(**out.model_dump(), changed=change.is_change)

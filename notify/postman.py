@@ -1,0 +1,202 @@
+"""The postman: turns queued email deliveries into sent messages, and owns retrying.
+
+For each delivery it asks the eligibility rule again, renders the templates, builds the
+message with its headers (stable Message-ID, VERP Return-Path, one-click unsubscribe),
+signs it (DKIM) and hands it to the channel. A temporary failure is tried again later,
+with exponential backoff and jitter, until the delivery's deadline; a permanent one is
+recorded as failed, and an unknown mailbox (5.1.x) also suppresses the address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from datetime import timedelta
+from typing import Any, Protocol
+
+import jinja2
+from tortoise.transactions import in_transaction
+
+from notify import eligibility, i18n, links, mail, store
+from notify.channels import DeliveryError, EmailChannel, Envelope
+from notify.consent import ConsentState
+from notify.models import AddressKind, Consent, Delivery, DeliveryStatus, User
+from notify.settings import Settings
+from notify.tokens import AddressPurpose, address_token
+
+log = logging.getLogger(__name__)
+
+#: How long a claimed delivery belongs to its worker; a crashed worker's claims expire.
+LEASE = timedelta(minutes=5)
+#: First pause after a temporary failure; it doubles each time, up to MAX_PAUSE.
+FIRST_PAUSE = timedelta(seconds=30)
+MAX_PAUSE = timedelta(hours=1)
+
+
+class Signer(Protocol):
+    def sign(self, message: bytes) -> bytes: ...
+
+
+def pause_after(attempts: int, rng: random.Random | None = None) -> timedelta:
+    """Exponential backoff with ±20% jitter, so retries of many messages spread out.
+
+    (A retry schedule kept in the database, not an in-process retry loop: it survives a
+    restart and lets any worker take the retry over.)
+    """
+    base = min(FIRST_PAUSE * 2 ** max(attempts - 1, 0), MAX_PAUSE)
+    return base * (rng or random).uniform(0.8, 1.2)
+
+
+class Postman:
+    def __init__(self, settings: Settings, channel: EmailChannel,
+                 signer: Signer | None = None) -> None:
+        self.settings = settings
+        self.channel = channel
+        self.signer = signer
+
+    async def enqueue(self, user: User, kind: str, *, topic: str | None = None,
+                      context: dict[str, Any] | None = None) -> Delivery:
+        when = store.now()
+        return await Delivery.create(
+            user_id=user.id, channel="email", kind=kind, topic=topic, context=context or {},
+            next_attempt_at=when, deadline=when + timedelta(hours=self.settings.retry_hours))
+
+    async def send_now(self, delivery: Delivery) -> Delivery:
+        """Try a freshly queued delivery at once; a temporary failure leaves it queued."""
+        claimed = await Delivery.filter(id=delivery.id, status=DeliveryStatus.QUEUED).update(
+            status=DeliveryStatus.SENDING, lease_until=store.now() + LEASE)
+        if claimed:
+            await self.deliver(await Delivery.get(id=delivery.id))
+        return await Delivery.get(id=delivery.id)
+
+    async def deliver_due(self, limit: int = 50) -> int:
+        """One batch of the sender's work: claim due deliveries and deliver them."""
+        batch = await self.claim(limit)
+        await asyncio.gather(*(self.deliver(d) for d in batch))
+        return len(batch)
+
+    async def claim(self, limit: int) -> list[Delivery]:
+        now = store.now()
+        async with in_transaction():
+            # FOR UPDATE SKIP LOCKED on PostgreSQL: workers take disjoint rows. SQLite
+            # ignores the clause and has one writer anyway.
+            due = await (
+                Delivery.filter(channel="email", status=DeliveryStatus.QUEUED,
+                                next_attempt_at__lte=now)
+                .order_by("next_attempt_at", "id").limit(limit)
+                .select_for_update(skip_locked=True)
+            )
+            expired = await (
+                Delivery.filter(channel="email", status=DeliveryStatus.SENDING,
+                                lease_until__lt=now)
+                .order_by("id").limit(limit).select_for_update(skip_locked=True)
+            )
+            rows = (due + expired)[:limit]
+            if rows:
+                await Delivery.filter(id__in=[d.id for d in rows]).update(
+                    status=DeliveryStatus.SENDING, lease_until=now + LEASE)
+        return rows
+
+    async def deliver(self, delivery: Delivery) -> None:
+        try:
+            envelope = await self._prepare(delivery)
+        except _Skip as skip:
+            await self._finish(delivery, DeliveryStatus.SKIPPED, skip_reason=skip.reason)
+            return
+        except jinja2.TemplateError as exc:
+            # Trying again renders the same error: fail now, with the template's words.
+            await self._finish(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
+                               last_error=f"template error: {exc}")
+            return
+        try:
+            receipt = await self.channel.send(envelope)
+        except DeliveryError as exc:
+            await self._failed(delivery, exc, envelope.rcpt_to[0])
+            return
+        await self._finish(delivery, DeliveryStatus.SENT, sent_at=store.now(),
+                           provider_ref=receipt.reference, attempts=delivery.attempts + 1)
+
+    async def _prepare(self, delivery: Delivery) -> Envelope:
+        settings = self.settings
+        user = await User.get(id=delivery.user_id)
+        topic = settings.topics.get(delivery.topic) if delivery.topic else None
+        consent = None
+        if delivery.topic:
+            consent = await Consent.get_or_none(user_id=user.id, topic=delivery.topic)
+        suppressed = bool(user.email) and await store.is_suppressed(
+            settings.hash_key, AddressKind.EMAIL, user.email)
+        who = eligibility.Recipient(
+            erased=user.erased_at is not None, address=user.email,
+            verified=user.email_verified, suppressed=suppressed,
+            state=ConsentState(consent.state) if consent else None)
+        reason = eligibility.skip_reason(delivery.kind, delivery.topic, topic, who)
+        if reason is not None:
+            raise _Skip(reason)
+        data = await self.compose(delivery, user)
+        return Envelope(links.verp_address(settings, delivery.id), (user.email,), data)
+
+    async def compose(self, delivery: Delivery, user: User) -> bytes:
+        """The message bytes of a delivery, exactly as sent (signed when DKIM is set)."""
+        settings = self.settings
+        locale = i18n.choose(user.locale)
+        found = await links.for_user(settings, user, delivery=delivery.id)
+        topic = settings.topics.get(delivery.topic) if delivery.topic else None
+        headers = {"Message-ID": message_id(settings, delivery.id),
+                   "Feedback-ID": f"{delivery.kind}:{delivery.topic or 'none'}:notify"}
+        unsubscribe_url = None
+        if topic is not None:
+            # RFC 2369 and RFC 8058: every message a user can unsubscribe from carries
+            # both ways out, and the one-click POST that mail providers use.
+            unsubscribe_url = found.unsubscribe[topic.name]
+            mailto = links.mailto_unsubscribe(settings, delivery.id)
+            headers["List-Unsubscribe"] = f"<{unsubscribe_url}>, <mailto:{mailto}>"
+            headers["List-Unsubscribe-Post"] = links.ONE_CLICK_BODY
+            headers["List-Id"] = f"{topic.label('en')} <{topic.name}.{settings.mail_domain}>"
+        context = {**delivery.context, "name": user.name}
+        if delivery.kind == "confirmation" and topic is not None:
+            context.update(topic_label=topic.label(locale), days=settings.pending_days,
+                           confirm_url=await links.confirmation(settings, user, topic.name))
+            headers.pop("List-Unsubscribe", None)
+            headers.pop("List-Unsubscribe-Post", None)
+            unsubscribe_url = None
+        email = mail.Email(
+            to=user.email, to_name=user.name, kind=delivery.kind, locale=locale,
+            context=context, headers=headers,
+            footer=mail.Footer(preferences_url=found.preferences,
+                               unsubscribe_url=unsubscribe_url,
+                               topic_label=topic.label(locale) if topic else None))
+        data = mail.build(email, settings).as_bytes()
+        return self.signer.sign(data) if self.signer else data
+
+    async def _failed(self, delivery: Delivery, exc: DeliveryError, address: str) -> None:
+        attempts = delivery.attempts + 1
+        if exc.temporary and store.now() + pause_after(attempts) < delivery.deadline:
+            log.info("delivery %s: temporary failure, retrying: %s", delivery.id, exc.detail)
+            await self._finish(delivery, DeliveryStatus.QUEUED, attempts=attempts,
+                               last_error=exc.detail,
+                               next_attempt_at=store.now() + pause_after(attempts))
+            return
+        log.warning("delivery %s failed: %s", delivery.id, exc.detail)
+        await self._finish(delivery, DeliveryStatus.FAILED, attempts=attempts,
+                           last_error=exc.detail)
+        if exc.is_unknown_address:
+            # An unknown mailbox at send time is a hard bounce: never again to it.
+            from notify import bounces
+
+            await bounces.record_bounce(self.settings, delivery, address, permanent=True,
+                                        detail=exc.detail)
+
+    async def _finish(self, delivery: Delivery, status: DeliveryStatus, **values: Any) -> None:
+        await Delivery.filter(id=delivery.id).update(status=status, lease_until=None, **values)
+
+
+class _Skip(Exception):
+    def __init__(self, reason: eligibility.SkipReason) -> None:
+        self.reason = reason
+
+
+def message_id(settings: Settings, delivery: int) -> str:
+    """Stable per delivery, so a retry reuses it and a report can name the delivery."""
+    token = address_token(AddressPurpose.BOUNCE, delivery, settings.secret_keys)
+    return f"<{token}@{settings.mail_domain}>"
