@@ -52,6 +52,7 @@ def now() -> datetime:
 
 def address_hash(hash_key: bytes, kind: AddressKind, address: str) -> str:
     """Keyed hash of an address: suppressions keep working after the address is erased."""
+    kind = AddressKind(kind)
     normalized = address.strip().lower() if kind is AddressKind.EMAIL else address.strip()
     message = f"{kind.value}:{normalized}".encode()
     return hmac.new(hash_key, message, hashlib.sha256).hexdigest()

@@ -1,0 +1,106 @@
+"""Email templates and message building: every kind renders in English and German, errors
+name the template, HTML is escaped, and nothing can inject a header."""
+
+from __future__ import annotations
+
+import email
+from email import policy
+
+import jinja2
+import pytest
+
+from notify import mail, preview
+from notify.cli import main
+from notify.settings import load_settings
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return load_settings(environ={"NOTIFY_DATA_DIR": str(tmp_path),
+                                  "NOTIFY_POSTAL_ADDRESS": "Example Ltd, 1 Main St, Berlin",
+                                  "NOTIFY_REPLY_TO": "help@example.com"})
+
+
+@pytest.mark.parametrize("kind", preview.KINDS)
+@pytest.mark.parametrize("locale", ["en", "de"])
+def test_every_kind_renders_with_the_footer(settings, kind, locale):
+    subject, text, html = preview.render_sample(kind, locale, settings)
+    assert subject and "\n" not in subject
+    for part in (text, html):
+        assert "https://notify.example.com/preferences/SAMPLE" in part
+        assert "Example Ltd, 1 Main St, Berlin" in part  # CAN-SPAM postal address
+    assert "<html" in html and "{{" not in html and "{{" not in text
+
+
+def test_german_and_english_differ(settings):
+    assert preview.render_sample("policy_change", "de", settings)[0].startswith("Unsere")
+    assert preview.render_sample("policy_change", "en", settings)[0].startswith("Our")
+
+
+def test_undefined_variable_is_an_error_never_blank_text(settings):
+    email_ = mail.Email(to="a@example.com", to_name=None, kind="newsletter", locale="en",
+                        context={"name": None, "subject": "Hi"},
+                        footer=mail.Footer(preferences_url="https://x/p"))
+    with pytest.raises(jinja2.UndefinedError):
+        mail.render(email_, settings)
+
+
+def test_html_is_escaped(settings):
+    email_ = mail.Email(to="a@example.com", to_name=None, kind="newsletter", locale="en",
+                        context={"name": "<b>Ada</b>", "subject": "Hi",
+                                 "body": "<script>alert(1)</script>"},
+                        footer=mail.Footer(preferences_url="https://x/p"))
+    _, text, html = mail.render(email_, settings)
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "&lt;b&gt;Ada" in html
+
+
+@pytest.mark.parametrize("field", ["name", "subject", "body", "to_name"])
+def test_no_header_can_be_injected(settings, field):
+    evil = "Ada\r\nBcc: victim@example.com\r\nX-Evil: 1"
+    context = {"name": "Ada", "subject": "Hello", "body": "text"}
+    to_name = "Ada"
+    if field == "to_name":
+        to_name = evil
+    else:
+        context[field] = evil
+    message = mail.Email(to="a@example.com", to_name=to_name, kind="newsletter", locale="en",
+                         context=context, footer=mail.Footer(preferences_url="https://x/p"))
+    try:
+        data = mail.build(message, settings).as_bytes()
+    except ValueError:
+        return  # refusing the message is as good as escaping it
+    parsed = email.message_from_bytes(data, policy=policy.default)
+    assert parsed["Bcc"] is None and parsed["X-Evil"] is None
+    assert parsed["Reply-To"] == "help@example.com"
+
+
+def test_preview_writes_html(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NOTIFY_DATA_DIR", str(tmp_path))
+    out = tmp_path / "p.html"
+    assert main(["preview", "policy_change", "--locale", "de", "--out", str(out)]) == 0
+    assert "Datenschutzerklärung" in out.read_text()
+    assert main(["preview", "nonsense"]) == 1
+    assert "kinds are" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("{% extends 'base.html' %}{% block body %}\n\n{{ t('x' }}{% endblock %}", ":3:"),
+    ("{% extends 'base.html' %}{% block body %}\n{{ missing_variable }}{% endblock %}",
+     "missing_variable"),
+])
+def test_template_error_names_file_and_line(tmp_path, monkeypatch, capsys, text, says):
+    root = tmp_path / "emails"
+    for name in ("base.html", "base.txt"):
+        (root).mkdir(exist_ok=True)
+        (root / name).write_text((mail.TEMPLATE_DIR / name).read_text())
+    (root / "newsletter").mkdir()
+    (root / "newsletter" / "subject.txt").write_text("{{ subject }}")
+    (root / "newsletter" / "body.txt").write_text("{{ body }}")
+    (root / "newsletter" / "body.html").write_text(text)
+    monkeypatch.setattr(mail, "_ENV", mail.environment(root))
+    monkeypatch.setenv("NOTIFY_DATA_DIR", str(tmp_path))
+    assert main(["preview", "newsletter", "--out", str(tmp_path / "x.html")]) == 1
+    err = capsys.readouterr().err
+    assert "newsletter/body.html" in err and says in err
+    assert "Traceback" not in err

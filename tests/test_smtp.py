@@ -1,0 +1,209 @@
+"""Email through the real code path to a real SMTP server (aiosmtpd on loopback), and the
+relay's faults: 421 and 451, a connection dropped in mid-DATA, a stall past the timeout,
+550 5.1.1. Nothing is lost or silently dropped."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+from dataclasses import dataclass, field
+from datetime import timedelta
+from email import policy
+from urllib.parse import urlsplit
+
+import pytest
+from aiosmtpd.controller import Controller
+from support import ADMIN, APP, environ_for, free_port
+
+from notify import store
+from notify.channels.email_smtp import SmtpEmailChannel
+from notify.models import Delivery, Suppression
+from notify.postman import Postman, message_id
+from notify.settings import load_settings
+from notify.web.app import make_app
+
+
+@dataclass
+class Relay:
+    """An SMTP server that records what it accepted and misbehaves on request."""
+
+    faults: list[str] = field(default_factory=list)  # consumed one per DATA
+    received: list = field(default_factory=list)
+    connections: int = 0
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802
+        self.connections += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_RCPT(self, server, session, envelope, address, options):  # noqa: N802
+        if address.startswith("nobody@"):
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        fault = self.faults.pop(0) if self.faults else None
+        if fault == "drop":
+            server.transport.close()
+            return "451 never seen"
+        if fault == "stall":
+            await asyncio.sleep(3)
+        if fault in ("421", "451"):
+            return f"{fault} 4.3.0 try again later"
+        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 2.0.0 queued as ABC123"
+
+
+@pytest.fixture
+def relay():
+    handler = Relay()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield handler, controller.port
+    controller.stop()
+
+
+@pytest.fixture
+async def mailer(aiohttp_client, database_url, tmp_path, relay):
+    handler, port = relay
+    settings = load_settings(environ=environ_for(
+        database_url, tmp_path / "data", NOTIFY_EMAIL_TRANSPORT="smtp",
+        NOTIFY_SMTP_HOST="127.0.0.1", NOTIFY_SMTP_PORT=str(port), NOTIFY_SMTP_TLS="none",
+        NOTIFY_SMTP_TIMEOUT="1", NOTIFY_POSTAL_ADDRESS="Example Ltd, Berlin",
+        NOTIFY_MAIL_FROM="news@example.com", NOTIFY_REPLY_TO="help@example.com"))
+    client = await aiohttp_client(make_app(settings))
+    resp = await client.put("/v1/users/ada", json={
+        "email": "ada@example.com", "email_verified": True, "name": "Ada"}, headers=APP)
+    assert resp.status == 201
+    await client.put("/v1/users/ada/consents/newsletter", headers=ADMIN, json={
+        "subscribed": True, "source": "import", "note": "confirmed in the old system"})
+    channel = SmtpEmailChannel(settings)
+    postman = Postman(settings, channel)
+    yield client, postman, handler, settings
+    await channel.close()
+
+
+async def newsletter(postman, external_id="ada"):
+    from notify.models import User
+
+    user = await User.get(external_id=external_id)
+    return await postman.enqueue(user, "newsletter", topic="newsletter",
+                                 context={"subject": "November news", "body": "Hello there."})
+
+
+async def test_a_newsletter_arrives_with_every_header_and_a_working_unsubscribe(mailer):
+    client, postman, relay, settings = mailer
+    delivery = await newsletter(postman)
+    assert await postman.deliver_due() == 1
+    [(mail_from, rcpt, data)] = relay.received
+    assert mail_from.startswith("bounces+b") and mail_from.endswith("@example.com")
+    assert rcpt == ["ada@example.com"]
+    message = email.message_from_bytes(data, policy=policy.default)
+    assert message["From"] == "news@example.com"
+    assert message["To"] == "Ada <ada@example.com>"
+    assert message["Reply-To"] == "help@example.com"
+    assert message["Subject"] == "November news"
+    assert message["Date"] and message["Message-ID"] == message_id(settings, delivery.id)
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert message["List-Id"].endswith("<newsletter.example.com>")
+    assert message["Feedback-ID"] == "newsletter:newsletter:notify"
+    https, mailto = [part.strip(" <>") for part in message["List-Unsubscribe"].split(",")]
+    assert https.startswith(settings.public_url + "/u/")
+    assert mailto.startswith("mailto:unsubscribe+u")
+    assert message.get_content_type() == "multipart/alternative"
+    assert "Hello there." in message.get_body(("plain",)).get_content()
+    assert "Hello there." in message.get_body(("html",)).get_content()
+    assert "Example Ltd, Berlin" in message.get_body(("plain",)).get_content()
+    found = await Delivery.get(id=delivery.id)
+    assert (found.status, found.attempts, found.provider_ref) == ("sent", 1,
+                                                                  "2.0.0 queued as ABC123")
+
+    # The unsubscribe URL in the message works against the running app, as one-click.
+    resp = await client.post(urlsplit(https).path, data={"List-Unsubscribe": "One-Click"})
+    assert resp.status == 200
+    consents = await (await client.get("/v1/users/ada/consents", headers=APP)).json()
+    assert {c["topic"]: c["state"] for c in consents["consents"]}["newsletter"] == "unsubscribed"
+
+
+async def test_connections_are_reused(mailer):
+    _, postman, relay, _ = mailer
+    for _ in range(5):
+        await newsletter(postman)
+    assert await postman.deliver_due() == 5
+    assert len(relay.received) == 5
+    assert relay.connections <= 4  # the pool's size, not one per message
+
+
+@pytest.mark.parametrize("fault", ["421", "451", "drop", "stall"])
+async def test_temporary_faults_are_retried_with_the_same_message_id(mailer, fault):
+    _, postman, relay, _ = mailer
+    relay.faults.append(fault)
+    delivery = await newsletter(postman)
+    await postman.deliver_due()
+    waiting = await Delivery.get(id=delivery.id)
+    assert (waiting.status, waiting.attempts) == ("queued", 1)
+    assert waiting.next_attempt_at > store.now() + timedelta(seconds=20)  # backed off
+    assert waiting.last_error
+    assert not relay.received
+
+    await Delivery.filter(id=delivery.id).update(next_attempt_at=store.now())
+    await postman.deliver_due()
+    done = await Delivery.get(id=delivery.id)
+    assert (done.status, done.attempts) == ("sent", 2)
+    [(_, _, data)] = relay.received
+    parsed = email.message_from_bytes(data, policy=policy.default)
+    assert parsed["Message-ID"] == message_id(postman.settings, delivery.id)
+
+
+async def test_temporary_faults_past_the_deadline_fail_and_say_why(mailer):
+    _, postman, relay, _ = mailer
+    relay.faults.extend(["451"])
+    delivery = await newsletter(postman)
+    await Delivery.filter(id=delivery.id).update(deadline=store.now() + timedelta(seconds=5))
+    await postman.deliver_due()
+    failed = await Delivery.get(id=delivery.id)
+    assert failed.status == "failed" and "451" in failed.last_error
+
+
+async def test_unknown_mailbox_is_a_recorded_failure_and_a_suppression(mailer):
+    client, postman, relay, settings = mailer
+    await client.put("/v1/users/nobody", json={
+        "email": "nobody@example.com", "email_verified": True}, headers=APP)
+    await client.put("/v1/users/nobody/consents/newsletter", headers=ADMIN, json={
+        "subscribed": True, "source": "import", "note": "old system"})
+    delivery = await newsletter(postman, "nobody")
+    await postman.deliver_due()
+    failed = await Delivery.get(id=delivery.id)
+    assert failed.status in ("failed", "bounced") and "5.1.1" in failed.last_error
+    assert await store.is_suppressed(settings.hash_key, "email", "nobody@example.com")
+    assert await Suppression.filter(reason="hard_bounce").count() == 1
+    # Never again: the next message to that address is skipped before it is sent.
+    again = await newsletter(postman, "nobody")
+    await postman.deliver_due()
+    assert (await Delivery.get(id=again.id)).skip_reason == "suppressed"
+
+
+async def test_withdrawal_after_enqueue_skips_the_message(mailer):
+    client, postman, relay, _ = mailer
+    delivery = await newsletter(postman)
+    await client.put("/v1/users/ada/consents/newsletter", json={"subscribed": False},
+                     headers=APP)
+    await postman.deliver_due()
+    skipped = await Delivery.get(id=delivery.id)
+    assert (skipped.status, skipped.skip_reason) == ("skipped", "not_subscribed")
+    assert not relay.received
+
+
+async def test_a_relay_that_is_down_keeps_the_message_queued(database_url, tmp_path, orm):
+    settings = load_settings(environ=environ_for(
+        database_url, tmp_path / "d2", NOTIFY_EMAIL_TRANSPORT="smtp",
+        NOTIFY_SMTP_HOST="127.0.0.1", NOTIFY_SMTP_PORT=str(free_port()),
+        NOTIFY_SMTP_TLS="none", NOTIFY_POSTAL_ADDRESS="x"))
+    from notify.channels import Envelope
+
+    channel = SmtpEmailChannel(settings)
+    with pytest.raises(Exception) as caught:
+        await channel.send(Envelope("a@example.com", ("b@example.com",), b"Subject: x\r\n\r\nx"))
+    assert caught.value.temporary
+    await channel.close()
