@@ -104,6 +104,7 @@ class Settings:
     smtp_password: str = field(repr=False)
     smtp_tls: str
     smtp_timeout: int
+    smtp_ca_file: Path | None
     smtp_pool_size: int
     smtp_rate: int
     mail_from: str
@@ -161,6 +162,7 @@ KEYS: dict[str, Any] = {
     "smtp_password": "",
     "smtp_tls": "starttls",
     "smtp_timeout": 30,
+    "smtp_ca_file": "",
     "smtp_pool_size": 4,
     "smtp_rate": 0,
     "mail_from": "notify@example.com",
@@ -260,6 +262,10 @@ def _build(raw: dict[str, Any], topics_raw: dict[str, Any]) -> Settings:
     reply_to = _text(value["reply_to"]).strip()
     s["reply_to"] = _email("reply_to", reply_to) if reply_to else ""
     s["smtp_timeout"] = _integer("smtp_timeout", value["smtp_timeout"], 1, 600)
+    ca_file = _text(value["smtp_ca_file"]).strip()
+    s["smtp_ca_file"] = Path(ca_file).expanduser() if ca_file else None
+    if s["smtp_ca_file"] is not None and not s["smtp_ca_file"].is_file():
+        raise ConfigError(f"{env_name('smtp_ca_file')}: no such file {ca_file}")
     s["smtp_pool_size"] = _integer("smtp_pool_size", value["smtp_pool_size"], 1, 64)
     s["smtp_rate"] = _integer("smtp_rate", value["smtp_rate"], 0, 100_000)
     s["inbound_port"] = _integer("inbound_port", value["inbound_port"], 1, 65535)

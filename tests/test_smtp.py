@@ -207,3 +207,54 @@ async def test_a_relay_that_is_down_keeps_the_message_queued(database_url, tmp_p
         await channel.send(Envelope("a@example.com", ("b@example.com",), b"Subject: x\r\n\r\nx"))
     assert caught.value.temporary
     await channel.close()
+
+
+@pytest.mark.parametrize("mode", ["starttls", "implicit"])
+async def test_tls_and_auth_from_settings(database_url, tmp_path, orm, mode):
+    import ssl
+
+    import trustme
+    from aiosmtpd.smtp import AuthResult
+
+    from notify.channels import Envelope
+
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    logins = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        ok = (auth_data.login, auth_data.password) == (b"notify", b"s3cret")
+        logins.append(ok)
+        return AuthResult(success=ok, handled=False)
+
+    handler = Relay()
+    tls = {"ssl_context": server_context} if mode == "implicit" else {
+        "tls_context": server_context, "require_starttls": True}
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port(),
+                            authenticator=authenticator,
+                            # aiosmtpd counts only STARTTLS as TLS for this check.
+                            auth_require_tls=mode == "starttls", **tls)
+    controller.start()
+    try:
+        env = environ_for(database_url, tmp_path / "d3", NOTIFY_EMAIL_TRANSPORT="smtp",
+                          NOTIFY_SMTP_HOST="127.0.0.1", NOTIFY_SMTP_PORT=str(controller.port),
+                          NOTIFY_SMTP_TLS=mode, NOTIFY_SMTP_USERNAME="notify",
+                          NOTIFY_SMTP_PASSWORD="s3cret", NOTIFY_SMTP_CA_FILE=str(ca_file),
+                          NOTIFY_POSTAL_ADDRESS="x")
+        channel = SmtpEmailChannel(load_settings(environ=env))
+        await channel.send(Envelope("a@example.com", ("b@example.com",),
+                                    b"Subject: hi\r\n\r\nbody\r\n"))
+        await channel.close()
+        assert logins == [True] and len(handler.received) == 1
+
+        wrong = SmtpEmailChannel(load_settings(environ={**env,
+                                                        "NOTIFY_SMTP_PASSWORD": "nope"}))
+        with pytest.raises(Exception) as caught:
+            await wrong.send(Envelope("a@example.com", ("b@example.com",), b"x\r\n"))
+        assert caught.value.temporary and "authentication" in caught.value.detail
+        await wrong.close()
+    finally:
+        controller.stop()

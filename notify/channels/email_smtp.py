@@ -27,6 +27,8 @@ class SmtpEmailChannel:
 
     def __init__(self, settings: Settings, *, tls_context: ssl.SSLContext | None = None) -> None:
         self.settings = settings
+        if tls_context is None and settings.smtp_ca_file is not None:
+            tls_context = ssl.create_default_context(cafile=str(settings.smtp_ca_file))
         self.tls_context = tls_context
         self._idle: list[aiosmtplib.SMTP] = []
         self._slots = asyncio.Semaphore(settings.smtp_pool_size)
