@@ -31,6 +31,11 @@ from notify.postman import Postman
 from notify.sender import Sender
 from notify.settings import ConfigError, Settings, load_settings
 
+if __name__ == "__main__":
+    # Run as ``python -m notify.cli``: lazily loaded commands import ``notify.cli`` and must
+    # find this module, not a second copy whose CliError main() would not catch.
+    sys.modules.setdefault("notify.cli", sys.modules[__name__])
+
 log = logging.getLogger("notify")
 EXIT_USAGE = 2
 
