@@ -64,14 +64,36 @@ def relay():
     controller.stop()
 
 
+@pytest.fixture(scope="session")
+def dkim_key(tmp_path_factory):
+    """An RSA-2048 key pair: the PEM file to sign with and the DNS TXT record."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = tmp_path_factory.mktemp("dkim") / "s1.private.pem"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    public = key.public_key().public_bytes(serialization.Encoding.DER,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    return path, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+
+
 @pytest.fixture
-async def mailer(aiohttp_client, database_url, tmp_path, relay):
+async def mailer(aiohttp_client, database_url, tmp_path, relay, dkim_key):
+    from notify.channels.factory import signer
+
     handler, port = relay
     settings = load_settings(environ=environ_for(
         database_url, tmp_path / "data", NOTIFY_EMAIL_TRANSPORT="smtp",
         NOTIFY_SMTP_HOST="127.0.0.1", NOTIFY_SMTP_PORT=str(port), NOTIFY_SMTP_TLS="none",
         NOTIFY_SMTP_TIMEOUT="1", NOTIFY_POSTAL_ADDRESS="Example Ltd, Berlin",
-        NOTIFY_MAIL_FROM="news@example.com", NOTIFY_REPLY_TO="help@example.com"))
+        NOTIFY_MAIL_FROM="news@example.com", NOTIFY_REPLY_TO="help@example.com",
+        NOTIFY_DKIM_DOMAIN="example.com", NOTIFY_DKIM_SELECTOR="s1",
+        NOTIFY_DKIM_KEY_FILE=str(dkim_key[0])))
     client = await aiohttp_client(make_app(settings))
     resp = await client.put("/v1/users/ada", json={
         "email": "ada@example.com", "email_verified": True, "name": "Ada"}, headers=APP)
@@ -79,7 +101,7 @@ async def mailer(aiohttp_client, database_url, tmp_path, relay):
     await client.put("/v1/users/ada/consents/newsletter", headers=ADMIN, json={
         "subscribed": True, "source": "import", "note": "confirmed in the old system"})
     channel = SmtpEmailChannel(settings)
-    postman = Postman(settings, channel)
+    postman = Postman(settings, channel, signer(settings))
     yield client, postman, handler, settings
     await channel.close()
 
@@ -92,7 +114,10 @@ async def newsletter(postman, external_id="ada"):
                                  context={"subject": "November news", "body": "Hello there."})
 
 
-async def test_a_newsletter_arrives_with_every_header_and_a_working_unsubscribe(mailer):
+async def test_a_newsletter_arrives_with_every_header_and_a_working_unsubscribe(mailer,
+                                                                                 dkim_key):
+    import dkim
+
     client, postman, relay, settings = mailer
     delivery = await newsletter(postman)
     assert await postman.deliver_due() == 1
@@ -112,6 +137,16 @@ async def test_a_newsletter_arrives_with_every_header_and_a_working_unsubscribe(
     assert https.startswith(settings.public_url + "/u/")
     assert mailto.startswith("mailto:unsubscribe+u")
     assert message.get_content_type() == "multipart/alternative"
+
+    # The DKIM signature verifies, and covers the one-click headers.
+    def dns(name, timeout=5):
+        assert name == b"s1._domainkey.example.com."
+        return dkim_key[1]
+
+    assert dkim.verify(data, dnsfunc=dns)
+    signed = message["DKIM-Signature"].replace(" ", "").replace("\r\n", "").lower()
+    assert "list-unsubscribe-post" in signed and "a=rsa-sha256" in signed
+    assert "c=relaxed/relaxed" in signed
     assert "Hello there." in message.get_body(("plain",)).get_content()
     assert "Hello there." in message.get_body(("html",)).get_content()
     assert "Example Ltd, Berlin" in message.get_body(("plain",)).get_content()
