@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from notify.web import health, users
+from notify.web import health, users, webhooks
 from notify.web.endpoints import Endpoint
 from notify.web.schemas import (
     ConsentChangeOut,
@@ -44,4 +44,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              response=LinksOut),
     Endpoint("GET", USER + "/export", users.export_user,
              "Everything held about the user (GDPR Art. 15 and 20)", response=ExportOut),
+    Endpoint("POST", "/webhooks/bounces", webhooks.post_bounce,
+             "Report a bounce or spam complaint from an email provider (202)", scope="admin",
+             body=webhooks.BounceReportIn, response=webhooks.BounceReportOut, status=202,
+             tag="webhooks"),
 )
