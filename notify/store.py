@@ -17,7 +17,15 @@ from tortoise.transactions import in_transaction
 
 from notify.consent import Change, ConsentSource, ConsentState, decide
 from notify.errors import Conflict, InvalidRequest, NotFound
-from notify.models import AddressKind, Consent, ConsentEvent, PolicyVersion, Suppression, User
+from notify.models import (
+    AddressKind,
+    Consent,
+    ConsentEvent,
+    Delivery,
+    PolicyVersion,
+    Suppression,
+    User,
+)
 from notify.settings import Channel, Topic, TopicKind
 
 #: User fields the API and the importer may set.
@@ -246,6 +254,9 @@ async def erase_user(
             await ConsentEvent.filter(user_id=user.id, id__lte=last.id).update(
                 ip=None, user_agent=None, note=None
             )
+        # Relay replies and template variables may quote the address or the name.
+        await Delivery.filter(user_id=user.id).update(last_error=None, context={},
+                                                      provider_ref=None)
 
 
 async def handle_for(user: User) -> str:

@@ -293,3 +293,33 @@ async def test_tls_and_auth_from_settings(database_url, tmp_path, orm, mode):
         await wrong.close()
     finally:
         controller.stop()
+
+
+async def test_the_file_transport_writes_the_signed_bytes(database_url, tmp_path, orm,
+                                                         dkim_key):
+    import dkim
+
+    from notify.channels.email_file import FileEmailChannel
+    from notify.channels.factory import signer
+    from notify.models import User
+
+    settings = load_settings(environ=environ_for(
+        database_url, tmp_path / "d4", NOTIFY_DKIM_DOMAIN="example.com",
+        NOTIFY_DKIM_SELECTOR="s1", NOTIFY_DKIM_KEY_FILE=str(dkim_key[0])))
+    user, _ = await store.save_user("eve", {"email": "eve@example.com",
+                                            "email_verified": True}, replace=True)
+    from notify.consent import ConsentSource
+
+    await store.change_consent(user, settings.topics["email_notifications"], True,
+                               store.Evidence(source=ConsentSource.API), default_policy="1")
+    postman = Postman(settings, FileEmailChannel(settings.outbox_dir), signer(settings))
+    delivery = await postman.enqueue(await User.get(id=user.id), "notification",
+                                     topic="email_notifications",
+                                     context={"subject": "Ready", "body": "Your export."})
+    await postman.deliver_due()
+    assert (await Delivery.get(id=delivery.id)).status == "sent"
+    [written] = settings.outbox_dir.glob("*.eml")
+    data = written.read_bytes()
+    assert data.startswith(b"Return-Path: <bounces+b")
+    body = data.split(b"\r\n", 1)[1]  # what SMTP would carry, as signed
+    assert dkim.verify(body, dnsfunc=lambda name, timeout=5: dkim_key[1])

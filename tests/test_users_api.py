@@ -79,6 +79,12 @@ async def test_erasure_removes_contact_data_and_keeps_anonymised_ledger(client, 
         "user_agent": "Firefox", "note": "from settings"}, headers=APP)
     with orm:
         user = await User.get(external_id="alice")
+        from notify.models import Delivery
+        from notify.store import now
+
+        await Delivery.create(user_id=user.id, channel="email", kind="newsletter",
+                              context={"name": "Alice"}, next_attempt_at=now(), deadline=now(),
+                              last_error="550 5.1.1 <alice@example.com> unknown")
         await Suppression.create(kind=AddressKind.EMAIL, reason="complaint",
                                  address_hash=address_hash(b"h" * 32, AddressKind.EMAIL,
                                                            "alice@example.com"))
@@ -100,6 +106,8 @@ async def test_erasure_removes_contact_data_and_keeps_anonymised_ledger(client, 
             ("subscribed", "profile_settings", None), ("unsubscribed", "api", "erasure")]
         assert all(e.ip is None and e.user_agent is None for e in events)
         assert await Suppression.filter(kind=AddressKind.EMAIL).count() == 1
+        [delivery] = await Delivery.filter(user_id=user.id)
+        assert (delivery.last_error, delivery.context) == (None, {})
 
     # The main app may create a new user with the same id; it starts with no consent.
     resp = await client.put("/v1/users/alice", json={"email": "alice@example.com"}, headers=APP)
