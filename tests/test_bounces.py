@@ -24,15 +24,11 @@ from notify.models import (
     Suppression,
     User,
 )
-from notify.tokens import AddressPurpose, address_token
+from notify.postman import message_id
 
 EMAIL = "alice@example.com"
 
 
-def message_id(settings, delivery: int) -> str:
-    """The Message-ID notify gives a delivery's mail (the agreed convention)."""
-    token = address_token(AddressPurpose.BOUNCE, delivery, settings.secret_keys)
-    return f"<{token}@{settings.mail_domain}>"
 
 
 async def make_delivery(orm, topic: str | None = "newsletter",

@@ -34,6 +34,7 @@ from notify.models import (
     Suppression,
     User,
 )
+from notify.postman import message_id
 from notify.settings import Settings
 from notify.tokens import AddressPurpose, address_token
 
@@ -42,11 +43,6 @@ DATE = "Thu, 26 Nov 2026 11:38:25 +0000"
 
 
 # --- Messages as real mail systems write them ---------------------------------------------
-
-
-def message_id(settings: Settings, delivery: int) -> str:
-    token = address_token(AddressPurpose.BOUNCE, delivery, settings.secret_keys)
-    return f"<{token}@{settings.mail_domain}>"
 
 
 def original_headers(settings: Settings, delivery: int) -> str:
