@@ -323,3 +323,23 @@ async def test_the_file_transport_writes_the_signed_bytes(database_url, tmp_path
     assert data.startswith(b"Return-Path: <bounces+b")
     body = data.split(b"\r\n", 1)[1]  # what SMTP would carry, as signed
     assert dkim.verify(body, dnsfunc=lambda name, timeout=5: dkim_key[1])
+
+
+async def test_the_configured_rate_limit_is_applied(relay, database_url, tmp_path, orm):
+    import time
+
+    from notify.channels import Envelope
+
+    _, port = relay
+    settings = load_settings(environ=environ_for(
+        database_url, tmp_path / "d5", NOTIFY_EMAIL_TRANSPORT="smtp",
+        NOTIFY_SMTP_HOST="127.0.0.1", NOTIFY_SMTP_PORT=str(port), NOTIFY_SMTP_TLS="none",
+        NOTIFY_POSTAL_ADDRESS="x", NOTIFY_SMTP_RATE="10"))
+    channel = SmtpEmailChannel(settings)
+    start = time.monotonic()
+    await asyncio.gather(*(channel.send(Envelope("a@example.com", ("b@example.com",),
+                                                 b"Subject: x\r\n\r\nx\r\n"))
+                           for _ in range(25)))
+    # A bucket of 10 a second lets 10 through at once; the other 15 need 1.5 s more.
+    assert time.monotonic() - start >= 1.2
+    await channel.close()
