@@ -229,5 +229,5 @@ def delivery_id_of(settings: Settings, address: str, prefix: str | None,
 
 async def delivery_for_message_id(settings: Settings, message_id: str) -> Delivery | None:
     """The delivery whose Message-ID (``<TOKEN@mail_domain>``) this is, if it is ours."""
-    found = delivery_id_of(settings, message_id, None, AddressPurpose.BOUNCE)
+    found = delivery_id_of(settings, message_id, None, AddressPurpose.MESSAGE)
     return None if found is None else await Delivery.get_or_none(id=found)

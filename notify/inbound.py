@@ -224,7 +224,7 @@ def delivery_of_original(settings: Settings, original: Message) -> int | None:
     candidates: list[tuple[str, str | None, AddressPurpose]] = []
     message_id = _text(original.get("message-id"))
     if message_id:
-        candidates.append((message_id, None, AddressPurpose.BOUNCE))
+        candidates.append((message_id, None, AddressPurpose.MESSAGE))
     return_path = parseaddr(_text(original.get("return-path")))[1]
     if return_path:
         candidates.append((return_path, "bounces", AddressPurpose.BOUNCE))
@@ -334,10 +334,16 @@ class InboundHandler:
             return f"ARF {feedback_type} report, not a complaint, ignored"
         original = _original_headers(msg)
         delivery_id = delivery_of_original(self.settings, original) if original else None
+        routed = {r.delivery_id for r in routes}
         if delivery_id is None and routes:
             # No usable original: a feedback loop that reports to the Return-Path still
             # names the delivery by the address it wrote to.
             delivery_id = routes[0].delivery_id
+        elif delivery_id not in routed:
+            # Only the token address the report came to is a credential: an original that
+            # names another delivery (say, by a Message-ID copied from a forwarded mail)
+            # must not suppress its recipient.
+            return "ARF report about another delivery than its address names, ignored"
         delivery = await Delivery.get_or_none(id=delivery_id) if delivery_id else None
         if delivery is None:
             return "ARF report naming no delivery of ours, ignored"

@@ -28,7 +28,7 @@ TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "emails"
 class Footer:
     """What every email's footer carries (CAN-SPAM, RFC 8058, privacy policy §2.5)."""
 
-    preferences_url: str
+    preferences_url: str | None
     unsubscribe_url: str | None = None
     topic_label: str | None = None
 

@@ -99,6 +99,11 @@ class Postman:
         return rows
 
     async def deliver(self, delivery: Delivery) -> None:
+        if store.now() > delivery.deadline:
+            # A claim taken over from a dead worker, or left too long: past its deadline.
+            await self._finish(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
+                               last_error=delivery.last_error or "deadline passed")
+            return
         try:
             envelope = await self._prepare(delivery)
         except _Skip as skip:
@@ -108,6 +113,13 @@ class Postman:
             # Trying again renders the same error: fail now, with the template's words.
             await self._finish(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
                                last_error=f"template error: {exc}")
+            return
+        except Exception as exc:
+            # A message that cannot be built now will not build later: record why, never
+            # leave it claimed to be retried for ever.
+            log.exception("delivery %s cannot be composed", delivery.id)
+            await self._finish(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
+                               last_error=f"cannot compose: {exc!r}"[:500])
             return
         try:
             receipt = await self.channel.send(envelope)
@@ -154,16 +166,19 @@ class Postman:
             headers["List-Unsubscribe-Post"] = links.ONE_CLICK_BODY
             headers["List-Id"] = f"{topic.label('en')} <{topic.name}.{settings.mail_domain}>"
         context = {**delivery.context, "name": user.name}
+        preferences_url: str | None = found.preferences
         if delivery.kind == "confirmation" and topic is not None:
             context.update(topic_label=topic.label(locale), days=settings.pending_days,
                            confirm_url=await links.confirmation(settings, user, topic.name))
             headers.pop("List-Unsubscribe", None)
             headers.pop("List-Unsubscribe-Post", None)
-            unsubscribe_url = None
+            # The address is not confirmed yet and may be someone else's: a preference
+            # link there would let a stranger subscribe the user to other topics.
+            unsubscribe_url = preferences_url = None
         email = mail.Email(
             to=user.email, to_name=user.name, kind=delivery.kind, locale=locale,
             context=context, headers=headers,
-            footer=mail.Footer(preferences_url=found.preferences,
+            footer=mail.Footer(preferences_url=preferences_url,
                                unsubscribe_url=unsubscribe_url,
                                topic_label=topic.label(locale) if topic else None))
         data = mail.build(email, settings).as_bytes()
@@ -197,6 +212,10 @@ class _Skip(Exception):
 
 
 def message_id(settings: Settings, delivery: int) -> str:
-    """Stable per delivery, so a retry reuses it and a report can name the delivery."""
-    token = address_token(AddressPurpose.BOUNCE, delivery, settings.secret_keys)
+    """Stable per delivery, so a retry reuses it and a report can name the delivery.
+
+    Its own token purpose: a Message-ID travels in replies, forwards and archives, so it
+    must not be the VERP token, which is what lets a report act on a delivery.
+    """
+    token = address_token(AddressPurpose.MESSAGE, delivery, settings.secret_keys)
     return f"<{token}@{settings.mail_domain}>"

@@ -111,6 +111,7 @@ def verify(
 class AddressPurpose(StrEnum):
     BOUNCE = "b"  # the VERP Return-Path: bounces+TOKEN@domain
     UNSUBSCRIBE = "u"  # the List-Unsubscribe mailto: unsubscribe+TOKEN@domain
+    MESSAGE = "m"  # the Message-ID: names the delivery, and is no credential for anything
 
 
 def address_token(purpose: AddressPurpose, delivery: int,
@@ -128,7 +129,8 @@ def verify_address_token(token: str, keys: Sequence[tuple[str, bytes]]
                          ) -> tuple[AddressPurpose, int] | None:
     token = token.strip().lower()
     head, _, mac = token.partition("-")
-    if len(token) > 64 or len(head) < 2 or not head[1:].isdigit():
+    digits = head[1:]
+    if len(token) > 64 or not digits or not (digits.isascii() and digits.isdigit()):
         return None
     try:
         purpose = AddressPurpose(head[0])

@@ -375,3 +375,38 @@ async def test_undo_with_nothing_to_undo_says_so(client, orm, alice):
     resp = await client.post(url, data={"action": "undo"}, headers={"Accept-Language": "en"})
     assert "Nichts rückgängig zu machen" in await resp.text()  # Alice's locale wins
     assert await snapshot(orm) == before
+
+
+async def test_one_click_with_a_non_utf8_user_agent_still_withdraws(client, orm, alice):
+    await subscribe(client, "email_notifications")
+    url = path((await links(client))["unsubscribe"]["email_notifications"])
+    resp = await client.post(url, data=ONE_CLICK,
+                             headers={"User-Agent": "Mozilla \udcff\udcfe".encode(
+                                 "utf-8", "surrogateescape").decode("latin-1")})
+    assert resp.status == 200
+    assert (await states(client))["email_notifications"] == "unsubscribed"
+
+
+async def test_unreadable_forms_on_pages_are_not_5xx(client, orm, alice):
+    url = path((await links(client))["preferences"])
+    before = await snapshot(orm)
+    for target in ("/u/garbage", "/confirm/garbage", url, "/preferences"):
+        resp = await client.post(target, data=b"action=save",
+                                 headers={"Content-Type": "application/x-www-form-urlencoded;"
+                                          " charset=bogus"})
+        assert resp.status < 500, target
+    files = FormData()
+    files.add_field("action", "save")
+    files.add_field("topic", b"newsletter", filename="t.txt")
+    assert (await client.post(url, data=files, allow_redirects=False)).status == 303
+    way_in = FormData()
+    way_in.add_field("email", b"alice@example.com", filename="e.txt")
+    assert (await client.post("/preferences", data=way_in)).status == 422
+    assert await snapshot(orm) == before
+
+
+async def test_confirmation_mail_carries_no_preference_link(client, alice, settings):
+    await subscribe(client, "newsletter")
+    [sent] = outbox(settings)
+    text = read_mail(sent).get_body(("plain",)).get_content()
+    assert "/confirm/" in text and "/preferences/" not in text

@@ -36,6 +36,14 @@ class Relay:
         session.host_name = hostname
         return responses
 
+    refuse_sender: bool = False
+
+    async def handle_MAIL(self, server, session, envelope, address, options):  # noqa: N802
+        if self.refuse_sender:
+            return "553 5.1.8 sender domain does not exist"
+        envelope.mail_from = address
+        return "250 OK"
+
     async def handle_RCPT(self, server, session, envelope, address, options):  # noqa: N802
         if address.startswith("nobody@"):
             return "550 5.1.1 no such user"
@@ -343,3 +351,13 @@ async def test_the_configured_rate_limit_is_applied(relay, database_url, tmp_pat
     # A bucket of 10 a second lets 10 through at once; the other 15 need 1.5 s more.
     assert time.monotonic() - start >= 1.2
     await channel.close()
+
+
+async def test_a_refused_sender_fails_the_delivery_but_suppresses_nobody(mailer):
+    _, postman, relay, settings = mailer
+    relay.refuse_sender = True
+    delivery = await newsletter(postman)
+    await postman.deliver_due()
+    failed = await Delivery.get(id=delivery.id)
+    assert failed.status == "failed" and "5.1.8" in failed.last_error
+    assert not await store.is_suppressed(settings.hash_key, "email", "ada@example.com")

@@ -18,16 +18,21 @@ class DeliveryError(NotifyError):
     title = "Delivery failed"
 
     def __init__(self, detail: str, *, temporary: bool, code: int | None = None,
-                 status: str | None = None) -> None:
+                 status: str | None = None, recipient: bool = False) -> None:
         super().__init__(detail)
         self.temporary = temporary
         self.code = code
         self.status = status
+        self.recipient = recipient  # the refusal was of the recipient (RCPT), not of us
 
     @property
     def is_unknown_address(self) -> bool:
-        """RFC 3463 5.1.x: the mailbox does not exist (or the address is bad) for good."""
-        return not self.temporary and (self.status or "").startswith("5.1.")
+        """RFC 3463: the recipient's mailbox does not exist or its address is bad, for good.
+
+        Only a refusal of the recipient counts; a relay refusing our sender (5.1.8) or the
+        message must never suppress the people we write to."""
+        return (not self.temporary and self.recipient
+                and self.status in ("5.1.1", "5.1.2", "5.1.3", "5.1.10"))
 
 
 @dataclass(frozen=True, slots=True)

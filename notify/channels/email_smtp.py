@@ -88,6 +88,9 @@ async def _discard(connection: aiosmtplib.SMTP) -> None:
 def _classify(exc: Exception) -> DeliveryError:
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
         exc = exc.recipients[0]
+    if isinstance(exc, aiosmtplib.SMTPRecipientRefused):
+        return DeliveryError(f"{exc.code} {exc.message}".strip(), temporary=exc.code < 500,
+                             code=exc.code, status=_enhanced(exc.message), recipient=True)
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
         # Wrong credentials are our configuration, not the recipient: keep the message and
         # retry, so nothing is lost while an operator fixes the settings.

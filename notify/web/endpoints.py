@@ -96,7 +96,7 @@ def authenticate(request: web.Request, scope: str) -> ApiKey:
     kind, _, token = header.partition(" ")
     if kind.lower() != "bearer" or not token.strip():
         raise Unauthorized("send an API key as 'Authorization: Bearer KEY'")
-    offered = hashlib.sha256(token.strip().encode()).digest()
+    offered = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
     match: ApiKey | None = None
     for key in request.app[SETTINGS].api_keys:
         # Compare digests of equal length and never stop early, so timing says nothing.

@@ -75,9 +75,17 @@ def _topics(settings: Settings, link: tokens.Link) -> list[Topic]:
 
 def _evidence(request: web.Request, source: ConsentSource, note: str | None = None
               ) -> store.Evidence:
-    return store.Evidence(source=source, actor="user", ip=request.remote,
-                          user_agent=request.headers.get("User-Agent", "")[:512] or None,
+    return store.Evidence(source=source, actor="user", ip=_clean(request.remote),
+                          user_agent=_clean(request.headers.get("User-Agent"), 512),
                           note=note)
+
+
+def _clean(value: str | None, limit: int = 45) -> str | None:
+    """Header text as storable text: a withdrawal must never fail on a client's bytes."""
+    if not value:
+        return None
+    text = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return "".join(ch for ch in text if ch.isprintable())[:limit] or None
 
 
 # -- unsubscribe -------------------------------------------------------------------------
@@ -180,7 +188,8 @@ async def preferences_post(request: web.Request) -> web.Response:
     if form is None or form.get("action") not in ("save", "unsubscribe_all"):
         return invalid(request)
     settings = request.app[SETTINGS]
-    wanted = set() if form.get("action") == "unsubscribe_all" else set(form.getall("topic", []))
+    topics = {v for v in form.getall("topic", []) if isinstance(v, str)}  # no file fields
+    wanted = set() if form.get("action") == "unsubscribe_all" else topics
     states = await store.consent_states(user)
     sent = False
     for name, topic in settings.topics.items():
@@ -280,7 +289,8 @@ async def ask_page(request: web.Request) -> web.Response:
 async def ask_post(request: web.Request) -> web.Response:
     locale = _browser_locale(request)
     form = await _form(request)
-    raw = (form.get("email") or "").strip() if form is not None else ""
+    raw = form.get("email") if form is not None else None
+    raw = raw.strip() if isinstance(raw, str) else ""
     try:
         address = validate_email(raw, check_deliverability=False).normalized.lower()
     except EmailNotValidError:
@@ -313,5 +323,5 @@ async def _form(request: web.Request) -> Any:
         return None
     try:
         return await request.post()
-    except (ValueError, UnicodeDecodeError, AssertionError):
-        return None
+    except (ValueError, LookupError, AssertionError):
+        return None  # a malformed body, an unknown charset: not a form we can read

@@ -22,7 +22,7 @@ _USER_ID = re.compile(USER_ID_PATTERN)
 
 def check_user_id(value: str) -> str:
     """The main app's id for a user; ``erased:`` ids are ours (see store.erased_id)."""
-    if not _USER_ID.match(value) or value.startswith("erased:"):
+    if not _USER_ID.fullmatch(value) or value.startswith("erased:"):
         raise ValueError("a user id is 1 to 255 letters, digits or . _ : @ + - "
                          "and does not start with 'erased:'")
     return value
@@ -32,7 +32,9 @@ def _email(value: str) -> str:
     # Stored in lower case: one person, one address, whatever case the main app sent, so
     # uniqueness, suppression hashes and look-ups agree.
     try:
-        return validate_email(value, check_deliverability=False).normalized.lower()
+        # No SMTPUTF8 (non-ASCII local parts): not every relay on the way takes them.
+        checked = validate_email(value, check_deliverability=False, allow_smtputf8=False)
+        return checked.normalized.lower()
     except EmailNotValidError as exc:
         raise ValueError(f"not a valid email address: {exc}") from None
 
@@ -76,7 +78,22 @@ Phone = Annotated[str, Field(max_length=32, examples=["+4915123456789"]), AfterV
 Locale = Annotated[str, Field(examples=["en", "de"]), AfterValidator(_locale)]
 TimeZone = Annotated[str, Field(examples=["Europe/Berlin"]), AfterValidator(_time_zone)]
 IpAddress = Annotated[str, Field(max_length=45, examples=["203.0.113.7"]), AfterValidator(_ip)]
-Text200 = Annotated[str, Field(min_length=1, max_length=200)]
+def _printable(value: str) -> str:
+    # Control characters (CR, LF, NUL, ...) have no place in a name or a note, and would
+    # break a mail header or a PostgreSQL text column.
+    if any(not ch.isprintable() and ch not in "\n\t" for ch in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _one_line(value: str) -> str:
+    if "\n" in value or "\t" in value:
+        raise ValueError("must be a single line")
+    return _printable(value)
+
+
+Text200 = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_one_line)]
+Note = Annotated[str, Field(max_length=2000), AfterValidator(_printable)]
 
 
 class Strict(BaseModel):
@@ -104,12 +121,12 @@ class ConsentIn(Strict):
         description="How the change reached the main app. App keys may use profile_settings "
         "and api; admin keys also support and import.",
     )
-    note: Annotated[str, Field(max_length=2000)] | None = None
+    note: Note | None = None
     actor: Text200 | None = Field(
         default=None, description="Who acted; required with source 'support'."
     )
     ip: IpAddress | None = Field(default=None, description="The end user's IP, as the app saw it.")
-    user_agent: Annotated[str, Field(max_length=512)] | None = None
+    user_agent: Annotated[str, Field(max_length=512), AfterValidator(_one_line)] | None = None
 
 
 class ConsentOut(BaseModel):
@@ -165,7 +182,8 @@ class EventPage(BaseModel):
 
 class EventQuery(Strict):
     limit: int = Field(default=50, ge=1, le=500)
-    before: int | None = Field(default=None, ge=1, description="cursor from 'next'")
+    before: int | None = Field(default=None, ge=1, le=2**63 - 1,
+                               description="cursor from 'next'")
 
 
 class SuppressionOut(BaseModel):
