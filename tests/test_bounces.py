@@ -258,6 +258,16 @@ async def test_webhook_hard_bounce_with_message_id(client, settings, orm, delive
     assert (row.status, row.last_error) == (DeliveryStatus.BOUNCED, "550 5.1.1 no such user")
 
 
+async def test_webhook_message_id_must_match_the_email(client, settings, orm, delivery):
+    before = await snapshot(orm)
+    resp = await client.post(HOOK, headers=ADMIN, json={
+        "type": "complaint", "email": "stranger@example.com",
+        "message_id": message_id(settings, delivery.id)})
+    assert resp.status == 422
+    assert (await resp.json())["errors"][0]["field"] == "body.email"
+    assert await snapshot(orm) == before
+
+
 async def test_webhook_soft_bounce_scores(client, settings, orm, delivery):
     body = {"type": "bounce", "email": "Alice@Example.com", "permanent": False,
             "message_id": message_id(settings, delivery.id).strip("<>")}

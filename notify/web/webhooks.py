@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, StrictBool
 
 from notify import bounces
 from notify.errors import InvalidRequest
+from notify.models import User
 from notify.web.endpoints import Call
 from notify.web.schemas import Email, Strict
 
@@ -53,6 +54,12 @@ async def post_bounce(call: Call) -> BounceReportOut:
         if delivery is None:
             raise InvalidRequest("not the Message-ID of a message notify sent",
                                  field="body.message_id")
+        owner = await User.get_or_none(id=delivery.user_id)
+        if owner is None or (owner.email or "").lower() != body.email.lower():
+            # The event must be about the address that message went to; otherwise one
+            # delivery's id could be used to suppress any address.
+            raise InvalidRequest("this Message-ID was not sent to that email address",
+                                 field="body.email")
     if body.type == "bounce":
         assert body.permanent is not None
         result = await bounces.record_bounce(settings, delivery, body.email,
