@@ -87,6 +87,8 @@ class ApiKey:
     scope: str
     kid: str
     secret: str = field(repr=False)
+    #: SHA-256 of the secret, computed once: requests compare against it (constant time).
+    digest: bytes = field(repr=False, default=b"")
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,8 +430,9 @@ def _api_keys(value: Any) -> tuple[ApiKey, ...]:
                 "with a key of at least 16 characters"
             )
         # The key id is a fingerprint, so logs and the ledger can name a key safely.
-        kid = f"{scope}-{hashlib.sha256(secret.encode()).hexdigest()[:8]}"
-        keys.append(ApiKey(scope=scope, kid=kid, secret=secret))
+        digest = hashlib.sha256(secret.encode()).digest()
+        keys.append(ApiKey(scope=scope, kid=f"{scope}-{digest.hex()[:8]}", secret=secret,
+                           digest=digest))
     if not keys:
         raise ConfigError(f"{env_name('api_keys')}: at least one app:KEY or admin:KEY is required")
     return tuple(keys)
