@@ -88,6 +88,10 @@ class ConsentEvent(Model):
     user_agent = fields.CharField(max_length=512, null=True)
     policy_version = fields.CharField(max_length=64)
     note = fields.TextField(null=True)
+    # The message whose link or reply made this change, if any: a campaign's status counts
+    # the unsubscribes it caused. A plain number, not a foreign key: the ledger outlives
+    # the outbox.
+    delivery_id = fields.BigIntField(null=True)
     # When the person acted (an import carries the original time); recorded_at is ours.
     occurred_at = fields.DatetimeField()
     recorded_at = fields.DatetimeField(auto_now_add=True)
@@ -138,6 +142,59 @@ class PolicyVersion(Model):
         table = "policy_versions"
 
 
+class CampaignStatus(StrEnum):
+    """Where a campaign stands. Same words in the API, the CLI and the console."""
+
+    DRAFT = "draft"  # created; its audience can be previewed and test sends made
+    SCHEDULED = "scheduled"  # send asked for, with a send_at still in the future
+    SENDING = "sending"  # deliveries enqueued; the sender works through them
+    PAUSED = "paused"  # by an admin, or by a reputation guard (paused_reason says which)
+    CANCELLED = "cancelled"  # what was not sent yet never will be
+    DONE = "done"  # every delivery is in a final state
+
+
+class Campaign(Model):
+    """A policy notice, newsletter or notification to an audience, on one or more channels."""
+
+    id = fields.BigIntField(primary_key=True)
+    name = fields.CharField(max_length=200)
+    kind = fields.CharField(max_length=32)  # policy_notice, newsletter, notification
+    channels = fields.JSONField(default=list)  # ["email"], ["sms"] or both
+    topic = fields.CharField(max_length=64, null=True)  # none for a policy notice
+    template = fields.CharField(max_length=64)
+    variables = fields.JSONField(default=dict)
+    audience = fields.JSONField(default=dict)  # locale, country, created_before/after
+    policy_version = fields.ForeignKeyField("models.PolicyVersion", related_name="campaigns",
+                                            null=True, on_delete=fields.RESTRICT)
+    status = fields.CharField(max_length=16, default=CampaignStatus.DRAFT.value)
+    paused_reason = fields.TextField(null=True)
+    send_at = fields.DatetimeField(null=True)
+    enqueued = fields.IntField(default=0)
+    created_by = fields.CharField(max_length=64)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    started_at = fields.DatetimeField(null=True)
+    finished_at = fields.DatetimeField(null=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        table = "campaigns"
+
+
+class AuditEntry(Model):
+    """An admin action: who created, sent, paused or cancelled what, and when."""
+
+    id = fields.BigIntField(primary_key=True)
+    at = fields.DatetimeField(auto_now_add=True)
+    key_id = fields.CharField(max_length=64)  # the admin key's name
+    action = fields.CharField(max_length=64)  # campaign.create, policy.publish, ...
+    target = fields.CharField(max_length=64, null=True)  # campaign:12, policy:2026-11
+    detail = fields.JSONField(default=dict)
+
+    class Meta:
+        table = "audit_log"
+        indexes = (("target", "id"),)
+
+
 class DeliveryStatus(StrEnum):
     """Where one message to one user on one channel stands. Same words in logs and API."""
 
@@ -148,6 +205,8 @@ class DeliveryStatus(StrEnum):
     FAILED = "failed"  # a permanent failure, or temporary ones until the deadline passed
     SKIPPED = "skipped"  # not sent: the check right before sending said no (skip_reason)
     BOUNCED = "bounced"  # accepted, then bounced back (a DSN to the VERP address)
+    UNDELIVERED = "undelivered"  # the carrier could not deliver it (SMS status callbacks)
+    CANCELLED = "cancelled"  # its campaign was cancelled before it was sent
 
 
 class Delivery(Model):
@@ -156,6 +215,11 @@ class Delivery(Model):
     id = fields.BigIntField(primary_key=True)
     user = fields.ForeignKeyField("models.User", related_name="deliveries",
                                   on_delete=fields.RESTRICT)
+    campaign = fields.ForeignKeyField("models.Campaign", related_name="deliveries", null=True,
+                                      on_delete=fields.RESTRICT)
+    # Set on a policy notice: a user gets at most one notice per policy version, ever.
+    notice_of = fields.ForeignKeyField("models.PolicyVersion", related_name="notices",
+                                       null=True, on_delete=fields.RESTRICT)
     channel = fields.CharField(max_length=8)  # a settings.Channel
     kind = fields.CharField(max_length=32)  # the template: confirmation, newsletter, ...
     topic = fields.CharField(max_length=64, null=True)  # what the user can unsubscribe from
@@ -169,13 +233,18 @@ class Delivery(Model):
     message_id = fields.CharField(max_length=255, null=True)  # stable across retries
     provider_ref = fields.CharField(max_length=255, null=True)  # relay queue id, Twilio SID
     last_error = fields.TextField(null=True)
+    # Claims taken over from a worker whose lease expired: if that worker died after handing
+    # the message over, it may have gone twice. The campaign status counts these.
+    takeovers = fields.IntField(default=0, db_default=0)
     created_at = fields.DatetimeField(auto_now_add=True)
     sent_at = fields.DatetimeField(null=True)
     updated_at = fields.DatetimeField(auto_now=True)
 
     class Meta:
         table = "deliveries"
-        indexes = (("status", "next_attempt_at"), ("user_id", "id"))
+        indexes = (("status", "next_attempt_at"), ("user_id", "id"), ("campaign_id", "status"))
+        # NULLs are distinct in both databases: deliveries outside a campaign are not bound.
+        unique_together = (("campaign", "user", "channel"), ("notice_of", "user"))
 
 
 class BounceScore(Model):

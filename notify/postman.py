@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 import jinja2
+from tortoise.expressions import F
 from tortoise.transactions import in_transaction
 
 from notify import eligibility, i18n, links, mail, store
@@ -77,48 +78,29 @@ class Postman:
         return len(batch)
 
     async def claim(self, limit: int) -> list[Delivery]:
-        now = store.now()
-        async with in_transaction():
-            # FOR UPDATE SKIP LOCKED on PostgreSQL: workers take disjoint rows. SQLite
-            # ignores the clause and has one writer anyway.
-            due = await (
-                Delivery.filter(channel="email", status=DeliveryStatus.QUEUED,
-                                next_attempt_at__lte=now)
-                .order_by("next_attempt_at", "id").limit(limit)
-                .select_for_update(skip_locked=True)
-            )
-            expired = await (
-                Delivery.filter(channel="email", status=DeliveryStatus.SENDING,
-                                lease_until__lt=now)
-                .order_by("id").limit(limit).select_for_update(skip_locked=True)
-            )
-            rows = (due + expired)[:limit]
-            if rows:
-                await Delivery.filter(id__in=[d.id for d in rows]).update(
-                    status=DeliveryStatus.SENDING, lease_until=now + LEASE)
-        return rows
+        return await claim("email", limit)
 
     async def deliver(self, delivery: Delivery) -> None:
         if store.now() > delivery.deadline:
             # A claim taken over from a dead worker, or left too long: past its deadline.
-            await self._finish(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
+            await finish(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
                                last_error=delivery.last_error or "deadline passed")
             return
         try:
             envelope = await self._prepare(delivery)
         except _Skip as skip:
-            await self._finish(delivery, DeliveryStatus.SKIPPED, skip_reason=skip.reason)
+            await finish(delivery, DeliveryStatus.SKIPPED, skip_reason=skip.reason)
             return
         except jinja2.TemplateError as exc:
             # Trying again renders the same error: fail now, with the template's words.
-            await self._finish(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
+            await finish(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
                                last_error=f"template error: {exc}")
             return
         except Exception as exc:
             # A message that cannot be built now will not build later: record why, never
             # leave it claimed to be retried for ever.
             log.exception("delivery %s cannot be composed", delivery.id)
-            await self._finish(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
+            await finish(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
                                last_error=f"cannot compose: {exc!r}"[:500])
             return
         try:
@@ -126,7 +108,7 @@ class Postman:
         except DeliveryError as exc:
             await self._failed(delivery, exc, envelope.rcpt_to[0])
             return
-        await self._finish(delivery, DeliveryStatus.SENT, sent_at=store.now(),
+        await finish(delivery, DeliveryStatus.SENT, sent_at=store.now(),
                            provider_ref=receipt.reference, attempts=delivery.attempts + 1)
 
     async def _prepare(self, delivery: Delivery) -> Envelope:
@@ -188,12 +170,12 @@ class Postman:
         attempts = delivery.attempts + 1
         if exc.temporary and store.now() + pause_after(attempts) < delivery.deadline:
             log.info("delivery %s: temporary failure, retrying: %s", delivery.id, exc.detail)
-            await self._finish(delivery, DeliveryStatus.QUEUED, attempts=attempts,
+            await finish(delivery, DeliveryStatus.QUEUED, attempts=attempts,
                                last_error=exc.detail,
                                next_attempt_at=store.now() + pause_after(attempts))
             return
         log.warning("delivery %s failed: %s", delivery.id, exc.detail)
-        await self._finish(delivery, DeliveryStatus.FAILED, attempts=attempts,
+        await finish(delivery, DeliveryStatus.FAILED, attempts=attempts,
                            last_error=exc.detail)
         if exc.is_unknown_address:
             # An unknown mailbox at send time is a hard bounce: never again to it.
@@ -202,8 +184,43 @@ class Postman:
             await bounces.record_bounce(self.settings, delivery, address, permanent=True,
                                         detail=exc.detail)
 
-    async def _finish(self, delivery: Delivery, status: DeliveryStatus, **values: Any) -> None:
-        await Delivery.filter(id=delivery.id).update(status=status, lease_until=None, **values)
+
+
+async def claim(channel: str, limit: int) -> list[Delivery]:
+    """Claim up to ``limit`` due deliveries of one channel for this worker (a lease).
+
+    Takes queued deliveries whose time has come, and claims of a worker whose lease ran
+    out (it died, or hung): those count as takeovers, since the dead worker may have handed
+    the message over before it died.
+    """
+    now = store.now()
+    async with in_transaction():
+        # FOR UPDATE SKIP LOCKED on PostgreSQL: workers take disjoint rows. SQLite
+        # ignores the clause and has one writer anyway.
+        due = await (
+            Delivery.filter(channel=channel, status=DeliveryStatus.QUEUED,
+                            next_attempt_at__lte=now)
+            .order_by("next_attempt_at", "id").limit(limit)
+            .select_for_update(skip_locked=True)
+        )
+        expired = await (
+            Delivery.filter(channel=channel, status=DeliveryStatus.SENDING,
+                            lease_until__lt=now)
+            .order_by("id").limit(limit).select_for_update(skip_locked=True)
+        )
+        rows = (due + expired)[:limit]
+        if rows:
+            await Delivery.filter(id__in=[d.id for d in rows]).update(
+                status=DeliveryStatus.SENDING, lease_until=now + LEASE)
+        taken_over = [d.id for d in rows if d.status == DeliveryStatus.SENDING]
+        if taken_over:
+            await Delivery.filter(id__in=taken_over).update(takeovers=F("takeovers") + 1)
+    return rows
+
+
+async def finish(delivery: Delivery, status: DeliveryStatus, **values: Any) -> None:
+    """Record the outcome of a claimed delivery and give up its lease."""
+    await Delivery.filter(id=delivery.id).update(status=status, lease_until=None, **values)
 
 
 class _Skip(Exception):

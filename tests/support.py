@@ -14,7 +14,8 @@ APP_KEY = "app-key-0123456789abcdef"
 ADMIN_KEY = "admin-key-0123456789abcdef"
 APP = {"Authorization": f"Bearer {APP_KEY}"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-TABLES = ("deliveries", "bounce_scores", "consent_events", "consents", "suppressions",
+TABLES = ("deliveries", "campaigns", "audit_log", "bounce_scores", "consent_events", "consents",
+          "suppressions",
           "policy_versions", "users")
 
 

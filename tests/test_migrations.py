@@ -37,7 +37,8 @@ async def table_names(ctx) -> set[str]:
 async def test_migrate_builds_schema_once_and_again_is_a_no_op(empty_database):
     ctx = await open_db(empty_database, create=True)
     try:
-        assert await apply_migrations(ctx) == ["models.0001_initial", "models.0002_deliveries"]
+        assert await apply_migrations(ctx) == ["models.0001_initial", "models.0002_deliveries",
+                                            "models.0003_campaigns"]
         tables = await table_names(ctx)
         assert set(TABLES) <= tables
         assert await apply_migrations(ctx) == []
