@@ -42,6 +42,7 @@ class Migration(migrations.Migration):
                 ('paused_reason', fields.TextField(null=True, unique=False)),
                 ('send_at', fields.DatetimeField(null=True, auto_now=False, auto_now_add=False)),
                 ('enqueued', fields.IntField(default=0)),
+                ('excluded', fields.JSONField(default=dict, encoder=functools.partial(dumps, separators=(',', ':')), decoder=loads)),
                 ('created_by', fields.CharField(max_length=64)),
                 ('created_at', fields.DatetimeField(auto_now=False, auto_now_add=True)),
                 ('started_at', fields.DatetimeField(null=True, auto_now=False, auto_now_add=False)),
@@ -60,6 +61,11 @@ class Migration(migrations.Migration):
             model_name='Delivery',
             name='campaign',
             field=fields.ForeignKeyField('models.Campaign', source_field='campaign_id', null=True, db_constraint=True, to_field='id', related_name='deliveries', on_delete=OnDelete.RESTRICT),
+        ),
+        ops.AddField(
+            model_name='Delivery',
+            name='checked_at',
+            field=fields.DatetimeField(null=True, auto_now=False, auto_now_add=False),
         ),
         ops.AddField(
             model_name='Delivery',
@@ -82,5 +88,20 @@ class Migration(migrations.Migration):
         ops.AddConstraint(
             model_name='Delivery',
             constraint=UniqueConstraint(fields=('notice_of', 'user'), name=None),
+        ),
+        ops.AddField(
+            model_name='User',
+            name='country',
+            field=fields.CharField(null=True, max_length=2),
+        ),
+        ops.AddField(
+            model_name='User',
+            name='email_hash',
+            field=fields.CharField(null=True, db_index=True, max_length=64),
+        ),
+        ops.AddField(
+            model_name='User',
+            name='phone_hash',
+            field=fields.CharField(null=True, db_index=True, max_length=64),
         ),
     ]

@@ -250,7 +250,8 @@ async def _write(batch: list[_Row], settings: Settings, report: ImportReport) ->
             try:
                 # A savepoint per row: a row that fails leaves the batch's others intact.
                 async with in_transaction():
-                    user, created = await store.save_user(row.user_id, row.user, replace=False)
+                    user, created = await store.save_user(row.user_id, row.user, replace=False,
+                                                             hash_key=settings.hash_key)
                     for name, state in row.consents.items():
                         topic = settings.topics[name]
                         if not created and await _newer_decision(user, topic, state,

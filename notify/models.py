@@ -39,6 +39,12 @@ class User(Model):
     email_verified = fields.BooleanField(default=False)
     phone = fields.CharField(max_length=16, null=True, unique=True)
     phone_verified = fields.BooleanField(default=False)
+    # Keyed hashes of the addresses (store.address_hash), kept by store.save_user: they let
+    # the database match users against suppressions set-based, for a whole audience.
+    email_hash = fields.CharField(max_length=64, null=True, db_index=True)
+    phone_hash = fields.CharField(max_length=64, null=True, db_index=True)
+    # ISO 3166-1 alpha-2; from the main app, else the phone number's region.
+    country = fields.CharField(max_length=2, null=True)
     locale = fields.CharField(max_length=35, default="en")
     time_zone = fields.CharField(max_length=64, null=True)
     name = fields.CharField(max_length=200, null=True)
@@ -170,6 +176,7 @@ class Campaign(Model):
     paused_reason = fields.TextField(null=True)
     send_at = fields.DatetimeField(null=True)
     enqueued = fields.IntField(default=0)
+    excluded = fields.JSONField(default=dict)  # reason -> count, when it was enqueued
     created_by = fields.CharField(max_length=64)
     created_at = fields.DatetimeField(auto_now_add=True)
     started_at = fields.DatetimeField(null=True)
@@ -204,9 +211,11 @@ class DeliveryStatus(StrEnum):
     DELIVERED = "delivered"  # the carrier confirmed delivery (SMS status callbacks)
     FAILED = "failed"  # a permanent failure, or temporary ones until the deadline passed
     SKIPPED = "skipped"  # not sent: the check right before sending said no (skip_reason)
+    HELD = "held"  # its campaign is paused; resuming queues it again
     BOUNCED = "bounced"  # accepted, then bounced back (a DSN to the VERP address)
     UNDELIVERED = "undelivered"  # the carrier could not deliver it (SMS status callbacks)
     CANCELLED = "cancelled"  # its campaign was cancelled before it was sent
+    COMPLAINED = "complained"  # accepted, then the recipient reported it as spam
 
 
 class Delivery(Model):
@@ -236,6 +245,9 @@ class Delivery(Model):
     # Claims taken over from a worker whose lease expired: if that worker died after handing
     # the message over, it may have gone twice. The campaign status counts these.
     takeovers = fields.IntField(default=0, db_default=0)
+    # When the last eligibility check before sending began: a withdrawal recorded before it
+    # is always seen; the campaign status measures the gap to the handover.
+    checked_at = fields.DatetimeField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
     sent_at = fields.DatetimeField(null=True)
     updated_at = fields.DatetimeField(auto_now=True)

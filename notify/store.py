@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import phonenumbers
 from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
@@ -29,7 +30,8 @@ from notify.models import (
 from notify.settings import Channel, Topic, TopicKind
 
 #: User fields the API and the importer may set.
-USER_FIELDS = ("email", "email_verified", "phone", "phone_verified", "locale", "time_zone", "name")
+USER_FIELDS = ("email", "email_verified", "phone", "phone_verified", "locale", "time_zone", "name",
+               "country")
 USER_DEFAULTS: dict[str, Any] = {
     "email": None,
     "email_verified": False,
@@ -38,6 +40,7 @@ USER_DEFAULTS: dict[str, Any] = {
     "locale": "en",
     "time_zone": None,
     "name": None,
+    "country": None,
 }
 
 
@@ -85,12 +88,13 @@ async def get_user(external_id: str) -> User:
 
 
 async def save_user(
-    external_id: str, values: Mapping[str, Any], *, replace: bool
+    external_id: str, values: Mapping[str, Any], *, replace: bool, hash_key: bytes
 ) -> tuple[User, bool]:
     """Create or update a user. ``replace`` resets every field not given to its default.
 
     Returns the user and whether it was created. An email or phone that belongs to another
     user is a :class:`Conflict`; the unique indexes make that hold under concurrency too.
+    The keyed hashes of the addresses and the country follow the addresses.
     """
     fields = {**(USER_DEFAULTS if replace else {}), **values}
     try:
@@ -98,15 +102,29 @@ async def save_user(
             user = await User.select_for_update().get_or_none(external_id=external_id)
             await _check_addresses_free(user, fields)
             if user is None:
-                user = await User.create(external_id=external_id, **{**USER_DEFAULTS, **fields})
+                user = User(external_id=external_id, **{**USER_DEFAULTS, **fields})
+                _derive(user, hash_key)
+                await user.save()
                 return user, True
             if fields:
                 user.update_from_dict(fields)
+                _derive(user, hash_key)
                 await user.save()
             return user, False
     except IntegrityError:
         raise Conflict("the email or phone belongs to another user, or the user was just "
                        "created by a concurrent request; retry") from None
+
+
+def _derive(user: User, hash_key: bytes) -> None:
+    """Fill in what follows from the addresses: their keyed hashes, and the country."""
+    user.email_hash = address_hash(hash_key, AddressKind.EMAIL, user.email) if user.email \
+        else None
+    user.phone_hash = address_hash(hash_key, AddressKind.PHONE, user.phone) if user.phone \
+        else None
+    if user.country is None and user.phone:
+        region = phonenumbers.region_code_for_number(phonenumbers.parse(user.phone))
+        user.country = region if region and region != "ZZ" else None
 
 
 async def _check_addresses_free(user: User | None, fields: Mapping[str, Any]) -> None:
@@ -247,7 +265,8 @@ async def erase_user(
                                               {"en": name})
             await change_consent(user, topic, False, evidence, default_policy=default_policy)
     async with in_transaction():
-        user.update_from_dict({**USER_DEFAULTS, "erased_at": now(),
+        user.update_from_dict({**USER_DEFAULTS, "email_hash": None, "phone_hash": None,
+                               "erased_at": now(),
                                "external_id": erased_id(hash_key, user.external_id)})
         await user.save()
         if last is not None:

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from support import PG_ADMIN, TABLES, environ_for, free_port, in_db
+from support import HASH_KEY, PG_ADMIN, TABLES, environ_for, free_port, in_db
+from test_migrations import MIGRATIONS
 
 from notify.cli import main
 from notify.consent import ConsentSource
@@ -130,12 +131,12 @@ def test_migrate_builds_the_schema_then_changes_nothing(empty_database, tmp_path
 
     first = run(["migrate"], env)
     assert first.code == 0, first
-    assert first.out == "applied: models.0001_initial, models.0002_deliveries\n"
+    assert first.out == f"applied: {', '.join(MIGRATIONS)}\n"
     assert "Traceback" not in first.err
     built = schema(empty_database)
     assert {*TABLES, "tortoise_migrations"} <= table_names(empty_database, built)
     records = applied_migrations(empty_database)
-    assert len(records) == 2
+    assert len(records) == len(MIGRATIONS)
 
     second = run(["migrate"], env)
     assert second.code == 0, second
@@ -263,7 +264,7 @@ def test_consents_show_prints_states_and_ledger(cli, database_url, tmp_path):
 
     async def seed() -> None:
         user, _ = await save_user("user-with-a-rather-long-id@example.org",
-                                  {"email": "ann@example.com"}, replace=False)
+                                  {"email": "ann@example.com"}, replace=False, hash_key=HASH_KEY)
         await change_consent(user, topics["email_notifications"], True, Evidence(
             source=ConsentSource.PROFILE_SETTINGS, actor="user", ip="2001:db8::1234:5678",
             occurred_at=datetime(2024, 2, 3, 4, 5, 6, tzinfo=UTC)), default_policy="1.0")
@@ -298,7 +299,7 @@ def test_consents_show_limits_the_events(cli, database_url, tmp_path):
     settings = load_settings(environ=environ_for(database_url, tmp_path / "data"))
 
     async def seed() -> None:
-        user, _ = await save_user("u1", {}, replace=False)
+        user, _ = await save_user("u1", {}, replace=False, hash_key=HASH_KEY)
         for subscribe in (True, False, True):
             await change_consent(user, settings.topics["sms_notifications"], subscribe,
                                  Evidence(source=ConsentSource.API), default_policy="1.0")
@@ -509,7 +510,8 @@ def test_support_withdrawal_from_the_cli_records_actor_and_note(cli, database_ur
     settings = load_settings(environ=environ_for(database_url, tmp_path / "data"))
 
     async def seed() -> None:
-        user, _ = await save_user("u1", {"email": "u1@example.com"}, replace=False)
+        user, _ = await save_user("u1", {"email": "u1@example.com"}, replace=False,
+                                  hash_key=HASH_KEY)
         for name in ("email_notifications", "sms_notifications"):
             await change_consent(user, settings.topics[name], True,
                                  Evidence(source=ConsentSource.API), default_policy="1.0")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiosmtplib
 import pytest
-from support import environ_for, free_port, in_db, snapshot
+from support import HASH_KEY, environ_for, free_port, in_db, snapshot
 
 from notify import inbound, links, store
 from notify.consent import ConsentSource
@@ -511,7 +511,7 @@ def test_notify_inbound_command_receives_mail_and_stops_on_sigterm(database_url,
     settings = _offline_settings()
 
     async def seed() -> int:
-        user, _ = await store.save_user("alice", {"email": EMAIL}, replace=True)
+        user, _ = await store.save_user("alice", {"email": EMAIL}, replace=True, hash_key=HASH_KEY)
         now = store.now()
         made = await Delivery.create(user_id=user.id, channel="email", kind="newsletter",
                                      topic="newsletter", status=DeliveryStatus.SENT,

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from aiosmtpd.controller import Controller
-from support import ADMIN, APP, environ_for, free_port
+from support import ADMIN, APP, HASH_KEY, environ_for, free_port
 
 from notify import store
 from notify.channels.email_smtp import SmtpEmailChannel
@@ -315,7 +315,8 @@ async def test_the_file_transport_writes_the_signed_bytes(database_url, tmp_path
         database_url, tmp_path / "d4", NOTIFY_DKIM_DOMAIN="example.com",
         NOTIFY_DKIM_SELECTOR="s1", NOTIFY_DKIM_KEY_FILE=str(dkim_key[0])))
     user, _ = await store.save_user("eve", {"email": "eve@example.com",
-                                            "email_verified": True}, replace=True)
+                                            "email_verified": True}, replace=True,
+                                    hash_key=HASH_KEY)
     from notify.consent import ConsentSource
 
     await store.change_consent(user, settings.topics["email_notifications"], True,

@@ -66,6 +66,12 @@ def _time_zone(value: str) -> str:
     return value
 
 
+def _country(value: str) -> str:
+    if value.upper() not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError("not an ISO 3166-1 alpha-2 country code such as 'DE'")
+    return value.upper()
+
+
 def _ip(value: str) -> str:
     try:
         return str(ip_address(value))
@@ -77,6 +83,8 @@ Email = Annotated[str, Field(max_length=320, examples=["ada@example.com"]), Afte
 Phone = Annotated[str, Field(max_length=32, examples=["+4915123456789"]), AfterValidator(_phone)]
 Locale = Annotated[str, Field(examples=["en", "de"]), AfterValidator(_locale)]
 TimeZone = Annotated[str, Field(examples=["Europe/Berlin"]), AfterValidator(_time_zone)]
+Country = Annotated[str, Field(min_length=2, max_length=2, examples=["DE"]),
+                    AfterValidator(_country)]
 IpAddress = Annotated[str, Field(max_length=45, examples=["203.0.113.7"]), AfterValidator(_ip)]
 def _printable(value: str) -> str:
     # Control characters (CR, LF, NUL, ...) have no place in a name or a note, and would
@@ -112,6 +120,8 @@ class UserIn(Strict):
     locale: Locale = "en"
     time_zone: TimeZone | None = None
     name: Text200 | None = None
+    country: Country | None = Field(
+        default=None, description="ISO 3166-1 alpha-2; when left out, the phone's region.")
 
 
 class ConsentIn(Strict):
@@ -151,6 +161,7 @@ class UserOut(BaseModel):
     locale: str
     time_zone: str | None
     name: str | None
+    country: str | None
     created_at: datetime
     updated_at: datetime
     consents: list[ConsentOut]

@@ -81,7 +81,8 @@ async def user_out(call: Call, user: User) -> UserOut:
 
 async def put_user(call: Call) -> web.Response:
     body: UserIn = call.body
-    user, created = await store.save_user(user_id(call), body.model_dump(), replace=True)
+    user, created = await store.save_user(user_id(call), body.model_dump(), replace=True,
+                                           hash_key=call.settings.hash_key)
     return json_response(await user_out(call, user), 201 if created else 200)
 
 
@@ -89,7 +90,7 @@ async def patch_user(call: Call) -> UserOut:
     body: UserIn = call.body
     user = await store.get_user(user_id(call))
     user, _ = await store.save_user(user.external_id, body.model_dump(exclude_unset=True),
-                                    replace=False)
+                                    replace=False, hash_key=call.settings.hash_key)
     return await user_out(call, user)
 
 
