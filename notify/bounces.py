@@ -155,8 +155,14 @@ async def record_complaint(settings: Settings, delivery: Delivery | None, email:
         await store.suppress(settings.hash_key, AddressKind.EMAIL, email,
                              SuppressionReason.COMPLAINT, "spam complaint")
     marketing = [name for name, t in settings.topics.items() if t.kind is TopicKind.MARKETING]
+    if delivery is not None:
+        # Counted against its campaign: the complaint-rate guard reads this.
+        await (Delivery.filter(id=delivery.id)
+               .exclude(status__in=(DeliveryStatus.FAILED, DeliveryStatus.SKIPPED))
+               .update(status=DeliveryStatus.COMPLAINED))
     evidence = store.Evidence(source=ConsentSource.COMPLAINT, actor="feedback-loop",
-                              note=_note(detail) or "spam complaint")
+                              note=_note(detail) or "spam complaint",
+                              delivery_id=delivery.id if delivery else None)
     await _withdraw(settings, user, marketing, evidence)
     return SUPPRESSED
 
@@ -174,7 +180,7 @@ async def record_mailto_unsubscribe(settings: Settings, delivery: Delivery) -> s
         names = [name for name, t in settings.topics.items() if t.kind is TopicKind.MARKETING]
     evidence = store.Evidence(source=ConsentSource.MAILTO, actor="user",
                               note=f"mail to the List-Unsubscribe address of delivery "
-                                   f"{delivery.id}")
+                                   f"{delivery.id}", delivery_id=delivery.id)
     withdrawn = await _withdraw(settings, user, names, evidence)
     return WITHDRAWN if withdrawn else IGNORED
 

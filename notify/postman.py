@@ -22,7 +22,16 @@ from tortoise.transactions import in_transaction
 from notify import eligibility, i18n, links, mail, store
 from notify.channels import DeliveryError, EmailChannel, Envelope
 from notify.consent import ConsentState
-from notify.models import AddressKind, Consent, Delivery, DeliveryStatus, User
+from notify.models import (
+    AddressKind,
+    Campaign,
+    CampaignStatus,
+    Consent,
+    Delivery,
+    DeliveryStatus,
+    PolicyVersion,
+    User,
+)
 from notify.settings import Settings
 from notify.tokens import AddressPurpose, address_token
 
@@ -86,10 +95,19 @@ class Postman:
             await finish(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
                                last_error=delivery.last_error or "deadline passed")
             return
+        # Taken before the check reads anything: a withdrawal recorded before this moment
+        # is always seen by the check (the campaign status measures the rest).
+        checked_at = store.now()
         try:
             envelope = await self._prepare(delivery)
+        except _Hold:
+            # Its campaign was paused meanwhile: wait for resume, no attempt used.
+            await finish(delivery, DeliveryStatus.HELD)
+            return
         except _Skip as skip:
-            await finish(delivery, DeliveryStatus.SKIPPED, skip_reason=skip.reason)
+            status = (DeliveryStatus.CANCELLED if skip.reason is eligibility.SkipReason.CANCELLED
+                      else DeliveryStatus.SKIPPED)
+            await finish(delivery, status, skip_reason=skip.reason, checked_at=checked_at)
             return
         except jinja2.TemplateError as exc:
             # Trying again renders the same error: fail now, with the template's words.
@@ -109,10 +127,20 @@ class Postman:
             await self._failed(delivery, exc, envelope.rcpt_to[0])
             return
         await finish(delivery, DeliveryStatus.SENT, sent_at=store.now(),
-                           provider_ref=receipt.reference, attempts=delivery.attempts + 1)
+                     provider_ref=receipt.reference, attempts=delivery.attempts + 1,
+                     checked_at=checked_at)
 
     async def _prepare(self, delivery: Delivery) -> Envelope:
         settings = self.settings
+        campaign = policy = None
+        if delivery.campaign_id is not None:
+            campaign = await Campaign.get(id=delivery.campaign_id)
+            if campaign.status == CampaignStatus.CANCELLED:
+                raise _Skip(eligibility.SkipReason.CANCELLED)
+            if campaign.status == CampaignStatus.PAUSED:
+                raise _Hold()
+        if delivery.notice_of_id is not None:
+            policy = await PolicyVersion.get(id=delivery.notice_of_id)
         user = await User.get(id=delivery.user_id)
         topic = settings.topics.get(delivery.topic) if delivery.topic else None
         consent = None
@@ -124,20 +152,24 @@ class Postman:
             erased=user.erased_at is not None, address=user.email,
             verified=user.email_verified, suppressed=suppressed,
             state=ConsentState(consent.state) if consent else None)
-        reason = eligibility.skip_reason(delivery.kind, delivery.topic, topic, who)
+        notice = eligibility.Notice(material=policy.material) if policy else None
+        reason = eligibility.skip_reason(delivery.kind, delivery.topic, topic, who, notice)
         if reason is not None:
             raise _Skip(reason)
-        data = await self.compose(delivery, user)
+        data = await self.compose(delivery, user, campaign, policy)
         return Envelope(links.verp_address(settings, delivery.id), (user.email,), data)
 
-    async def compose(self, delivery: Delivery, user: User) -> bytes:
+    async def compose(self, delivery: Delivery, user: User, campaign: Campaign | None = None,
+                      policy: PolicyVersion | None = None) -> bytes:
         """The message bytes of a delivery, exactly as sent (signed when DKIM is set)."""
         settings = self.settings
         locale = i18n.choose(user.locale)
         found = await links.for_user(settings, user, delivery=delivery.id)
         topic = settings.topics.get(delivery.topic) if delivery.topic else None
+        # Gmail's Feedback-ID: complaint rates per campaign in its Postmaster Tools.
         headers = {"Message-ID": message_id(settings, delivery.id),
-                   "Feedback-ID": f"{delivery.kind}:{delivery.topic or 'none'}:notify"}
+                   "Feedback-ID": f"{campaign.id if campaign else 0}:{delivery.kind}:"
+                                  f"{delivery.topic or 'none'}:notify"}
         unsubscribe_url = None
         if topic is not None:
             # RFC 2369 and RFC 8058: every message a user can unsubscribe from carries
@@ -147,7 +179,12 @@ class Postman:
             headers["List-Unsubscribe"] = f"<{unsubscribe_url}>, <mailto:{mailto}>"
             headers["List-Unsubscribe-Post"] = links.ONE_CLICK_BODY
             headers["List-Id"] = f"{topic.label('en')} <{topic.name}.{settings.mail_domain}>"
-        context = {**delivery.context, "name": user.name}
+        context = {**(campaign.variables if campaign else {}), **delivery.context,
+                   "name": user.name}
+        if policy is not None:
+            context.update(policy_title=policy.title, summary=policy.summary,
+                           policy_url=policy.url,
+                           effective_date=policy.effective_at.date().isoformat())
         preferences_url: str | None = found.preferences
         if delivery.kind == "confirmation" and topic is not None:
             context.update(topic_label=topic.label(locale), days=settings.pending_days,
@@ -158,7 +195,8 @@ class Postman:
             # link there would let a stranger subscribe the user to other topics.
             unsubscribe_url = preferences_url = None
         email = mail.Email(
-            to=user.email, to_name=user.name, kind=delivery.kind, locale=locale,
+            to=user.email, to_name=user.name,
+            kind=campaign.template if campaign else delivery.kind, locale=locale,
             context=context, headers=headers,
             footer=mail.Footer(preferences_url=preferences_url,
                                unsubscribe_url=unsubscribe_url,
@@ -221,6 +259,10 @@ async def claim(channel: str, limit: int) -> list[Delivery]:
 async def finish(delivery: Delivery, status: DeliveryStatus, **values: Any) -> None:
     """Record the outcome of a claimed delivery and give up its lease."""
     await Delivery.filter(id=delivery.id).update(status=status, lease_until=None, **values)
+
+
+class _Hold(Exception):
+    """The delivery's campaign is paused."""
 
 
 class _Skip(Exception):

@@ -55,6 +55,7 @@ class Evidence:
     note: str | None = None
     occurred_at: datetime | None = None
     policy_version: str | None = None
+    delivery_id: int | None = None  # the message whose link or reply made the change
 
 
 def now() -> datetime:
@@ -215,6 +216,7 @@ async def _change_once(
             actor=evidence.actor,
             ip=evidence.ip,
             user_agent=evidence.user_agent,
+            delivery_id=evidence.delivery_id,
             policy_version=policy,
             note=evidence.note,
             occurred_at=evidence.occurred_at or when,

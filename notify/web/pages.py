@@ -73,11 +73,11 @@ def _topics(settings: Settings, link: tokens.Link) -> list[Topic]:
     return [settings.topics[link.topic]]
 
 
-def _evidence(request: web.Request, source: ConsentSource, note: str | None = None
-              ) -> store.Evidence:
+def _evidence(request: web.Request, source: ConsentSource, note: str | None = None,
+              link: tokens.Link | None = None) -> store.Evidence:
     return store.Evidence(source=source, actor="user", ip=_clean(request.remote),
                           user_agent=_clean(request.headers.get("User-Agent"), 512),
-                          note=note)
+                          note=note, delivery_id=link.delivery if link else None)
 
 
 def _clean(value: str | None, limit: int = 45) -> str | None:
@@ -116,7 +116,7 @@ async def unsubscribe_post(request: web.Request) -> web.Response:
         # else, must not redirect, and answers 200 even when repeated.
         for topic in topics:
             await store.change_consent(user, topic, False, _evidence(request,
-                                       ConsentSource.ONE_CLICK),
+                                       ConsentSource.ONE_CLICK, link=link),
                                        default_policy=settings.policy_version)
         locale = _browser_locale(request, user)
         return web.Response(text=i18n.translate(locale, "one_click_done") + "\n")
@@ -128,7 +128,7 @@ async def unsubscribe_post(request: web.Request) -> web.Response:
     changed = []
     for topic in topics:
         change, _ = await store.change_consent(
-            user, topic, False, _evidence(request, ConsentSource.UNSUBSCRIBE_PAGE),
+            user, topic, False, _evidence(request, ConsentSource.UNSUBSCRIBE_PAGE, link=link),
             default_policy=settings.policy_version)
         changed.append(change.is_change)
     locale = _browser_locale(request, user)

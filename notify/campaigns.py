@@ -1,0 +1,391 @@
+"""Policy versions and campaigns: publish, create, preview, send, pause, resume, cancel,
+and what the product team sees of a campaign while it goes out.
+
+The HTTP API, the CLI and (later) the console all call these functions, so none of them
+can do what the others could not; each admin action lands in the audit log here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from tortoise.expressions import Q
+from tortoise.functions import Count
+from tortoise.transactions import in_transaction
+
+from notify import audience, audit, store
+from notify.eligibility import CAMPAIGN_KINDS, NOTICE_TOPIC, POLICY_NOTICE
+from notify.errors import Conflict, InvalidRequest, NotFound
+from notify.models import (
+    Campaign,
+    CampaignStatus,
+    ConsentEvent,
+    Delivery,
+    DeliveryStatus,
+    PolicyVersion,
+)
+from notify.settings import Channel, Settings
+
+#: The template each kind uses unless the campaign names another.
+DEFAULT_TEMPLATE = {POLICY_NOTICE: "policy_change", "newsletter": "newsletter",
+                    "notification": "notification"}
+#: Delivery states that are final: nothing more will happen to the message.
+FINAL = (DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.FAILED,
+         DeliveryStatus.SKIPPED, DeliveryStatus.BOUNCED, DeliveryStatus.UNDELIVERED,
+         DeliveryStatus.CANCELLED, DeliveryStatus.COMPLAINED)
+#: Handed over to the relay or Twilio: these count as sent for rates.
+HANDED_OVER = (DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.BOUNCED,
+               DeliveryStatus.UNDELIVERED, DeliveryStatus.COMPLAINED)
+#: Not final yet: the sender still owes these an attempt.
+OPEN = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.HELD)
+
+
+# -- policy versions ---------------------------------------------------------------------
+
+
+async def publish_policy(values: Mapping[str, Any], key_id: str) -> PolicyVersion:
+    """Publish a policy version. Published versions never change; a label is used once."""
+    async with in_transaction():
+        if await PolicyVersion.exists(version=values["version"]):
+            raise Conflict(f"policy version {values['version']!r} is published already; "
+                           "a published version cannot change, publish a new one",
+                           field="body.version")
+        policy = await PolicyVersion.create(**values, published_by=key_id)
+        await audit.record(key_id, "policy.publish", f"policy:{policy.version}",
+                           {"material": policy.material,
+                            "effective_at": policy.effective_at.isoformat()})
+    return policy
+
+
+async def policies() -> list[PolicyVersion]:
+    return await PolicyVersion.all().order_by("-effective_at", "-id")
+
+
+# -- campaigns ---------------------------------------------------------------------------
+
+
+def topics_by_channel(settings: Settings, kind: str, topic: str | None,
+                      channels: list[str]) -> dict[str, str | None]:
+    """The consent topic a campaign needs on each of its channels.
+
+    A topic belongs to one channel. A campaign on two channels names one topic; on the
+    other channel it uses the configured topic of the same kind there (a notification by
+    email and SMS: ``email_notifications`` and ``sms_notifications``).
+    """
+    if kind == POLICY_NOTICE:
+        return {channel: NOTICE_TOPIC for channel in channels}
+    if topic is None:
+        raise InvalidRequest(f"a {kind} campaign needs a topic", field="body.topic")
+    given = settings.topics.get(topic)
+    if given is None:
+        raise InvalidRequest(f"unknown topic {topic!r}; known: {', '.join(settings.topics)}",
+                             field="body.topic")
+    found: dict[str, str | None] = {}
+    for channel in channels:
+        if given.channel == channel:
+            found[channel] = given.name
+            continue
+        same = [t.name for t in settings.topics.values()
+                if t.channel == channel and t.kind == given.kind]
+        if len(same) != 1:
+            raise InvalidRequest(
+                f"topic {topic!r} is an {given.channel} topic, and there is no single "
+                f"{given.kind} topic on {channel} to use there; send two campaigns",
+                field="body.channels")
+        found[channel] = same[0]
+    return found
+
+
+def topics_of(settings: Settings, campaign: Campaign) -> dict[str, str | None]:
+    return topics_by_channel(settings, campaign.kind, campaign.topic, campaign.channels)
+
+
+@dataclass
+class Spec:
+    """What ``POST /v1/campaigns`` and ``notify campaign create`` give."""
+
+    name: str
+    kind: str
+    channels: list[str] = field(default_factory=lambda: [Channel.EMAIL.value])
+    topic: str | None = None
+    template: str | None = None
+    variables: dict[str, Any] = field(default_factory=dict)
+    audience: dict[str, Any] = field(default_factory=dict)
+    policy_version: str | None = None
+    send_at: datetime | None = None
+
+
+async def create(settings: Settings, spec: Spec, key_id: str) -> Campaign:
+    if spec.kind not in CAMPAIGN_KINDS:
+        raise InvalidRequest(f"kind must be one of {', '.join(CAMPAIGN_KINDS)}",
+                             field="body.kind")
+    channels = list(dict.fromkeys(spec.channels))
+    if not channels:
+        raise InvalidRequest("give at least one channel", field="body.channels")
+    policy = None
+    if spec.kind == POLICY_NOTICE:
+        if channels != [Channel.EMAIL.value]:
+            # §1.4 promises notice "by email"; an SMS cannot carry the summary and the link
+            # the way a notice must.
+            raise InvalidRequest("a policy notice goes by email only", field="body.channels")
+        if spec.topic is not None:
+            raise InvalidRequest("a policy notice has no topic: who receives it follows from "
+                                 "whether the change is material", field="body.topic")
+        if spec.policy_version is None:
+            raise InvalidRequest("a policy notice names the policy version it announces",
+                                 field="body.policy_version")
+        policy = await PolicyVersion.get_or_none(version=spec.policy_version)
+        if policy is None:
+            raise InvalidRequest(f"no published policy version {spec.policy_version!r}",
+                                 field="body.policy_version")
+    elif spec.policy_version is not None:
+        raise InvalidRequest("only a policy notice names a policy version",
+                             field="body.policy_version")
+    topics_by_channel(settings, spec.kind, spec.topic, channels)
+    template = spec.template or DEFAULT_TEMPLATE[spec.kind]
+    async with in_transaction():
+        campaign = await Campaign.create(
+            name=spec.name, kind=spec.kind, channels=channels, topic=spec.topic,
+            template=template, variables=spec.variables, audience=spec.audience,
+            policy_version=policy, send_at=spec.send_at, created_by=key_id)
+        await audit.record(key_id, "campaign.create", f"campaign:{campaign.id}",
+                           {"name": spec.name, "kind": spec.kind, "channels": channels})
+    return campaign
+
+
+async def get(campaign_id: int) -> Campaign:
+    campaign = await Campaign.get_or_none(id=campaign_id)
+    if campaign is None:
+        raise NotFound(f"no campaign {campaign_id}")
+    return campaign
+
+
+async def preview(settings: Settings, campaign: Campaign) -> list[audience.Audience]:
+    return await audience.preview(campaign, topics_of(settings, campaign))
+
+
+async def send(settings: Settings, campaign_id: int, key_id: str, *,
+               now: datetime | None = None) -> Campaign:
+    """Send now, or at the campaign's ``send_at`` if that is still ahead (scheduled)."""
+    now = now or store.now()
+    async with in_transaction():
+        campaign = await Campaign.select_for_update().get_or_none(id=campaign_id)
+        if campaign is None:
+            raise NotFound(f"no campaign {campaign_id}")
+        if campaign.status not in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED):
+            raise Conflict(f"campaign {campaign_id} is {campaign.status}; only a draft or a "
+                           "scheduled campaign can be sent")
+        if campaign.send_at is not None and campaign.send_at > now:
+            campaign.status = CampaignStatus.SCHEDULED
+            await campaign.save(update_fields=["status", "updated_at"])
+            await audit.record(key_id, "campaign.schedule", f"campaign:{campaign.id}",
+                               {"send_at": campaign.send_at.isoformat()})
+            return campaign
+        await _start(settings, campaign, now)
+        await audit.record(key_id, "campaign.send", f"campaign:{campaign.id}",
+                           {"enqueued": campaign.enqueued, "excluded": campaign.excluded})
+    return campaign
+
+
+async def _start(settings: Settings, campaign: Campaign, now: datetime) -> None:
+    """Enqueue the campaign's deliveries, in the caller's transaction."""
+    topics = topics_of(settings, campaign)
+    excluded: dict[str, int] = {}
+    for found in await audience.preview(campaign, topics):
+        for reason, count in found.excluded.items():
+            excluded[reason] = excluded.get(reason, 0) + count
+    campaign.enqueued = await audience.enqueue(campaign, topics, now=now,
+                                               retry_hours=settings.retry_hours)
+    campaign.excluded = excluded
+    campaign.status = CampaignStatus.SENDING
+    campaign.started_at = now
+    await campaign.save(update_fields=["enqueued", "excluded", "status", "started_at",
+                                       "updated_at"])
+
+
+async def start_scheduled(settings: Settings, now: datetime | None = None) -> int:
+    """Start every scheduled campaign whose time has come (a sender job)."""
+    now = now or store.now()
+    started = 0
+    for campaign in await Campaign.filter(status=CampaignStatus.SCHEDULED, send_at__lte=now):
+        async with in_transaction():
+            # Another worker may have started it a moment ago: the status decides.
+            fresh = await Campaign.select_for_update(skip_locked=True).get_or_none(
+                id=campaign.id, status=CampaignStatus.SCHEDULED)
+            if fresh is None:
+                continue
+            await _start(settings, fresh, now)
+            await audit.record("sender", "campaign.start", f"campaign:{fresh.id}",
+                               {"enqueued": fresh.enqueued})
+            started += 1
+    return started
+
+
+async def pause(campaign_id: int, key_id: str, reason: str = "paused by an admin") -> Campaign:
+    """Hold what is not sent yet. Messages already handed to a worker finish."""
+    async with in_transaction():
+        campaign = await _locked(campaign_id)
+        if campaign.status not in (CampaignStatus.SENDING, CampaignStatus.SCHEDULED):
+            raise Conflict(f"campaign {campaign_id} is {campaign.status}; only a sending or "
+                           "scheduled campaign can be paused")
+        campaign.status, campaign.paused_reason = CampaignStatus.PAUSED, reason
+        await campaign.save(update_fields=["status", "paused_reason", "updated_at"])
+        await Delivery.filter(campaign_id=campaign.id, status=DeliveryStatus.QUEUED).update(
+            status=DeliveryStatus.HELD)
+        await audit.record(key_id, "campaign.pause", f"campaign:{campaign.id}",
+                           {"reason": reason})
+    return campaign
+
+
+async def resume(campaign_id: int, key_id: str) -> Campaign:
+    async with in_transaction():
+        campaign = await _locked(campaign_id)
+        if campaign.status != CampaignStatus.PAUSED:
+            raise Conflict(f"campaign {campaign_id} is {campaign.status}; only a paused "
+                           "campaign can be resumed")
+        # Paused before it started (scheduled): it goes back to waiting for its time.
+        campaign.status = (CampaignStatus.SENDING if campaign.started_at
+                           else CampaignStatus.SCHEDULED)
+        campaign.paused_reason = None
+        await campaign.save(update_fields=["status", "paused_reason", "updated_at"])
+        await Delivery.filter(campaign_id=campaign.id, status=DeliveryStatus.HELD).update(
+            status=DeliveryStatus.QUEUED, next_attempt_at=store.now())
+        await audit.record(key_id, "campaign.resume", f"campaign:{campaign.id}", {})
+    return campaign
+
+
+async def cancel(campaign_id: int, key_id: str) -> Campaign:
+    """What is not sent yet never will be; what went out stays counted."""
+    async with in_transaction():
+        campaign = await _locked(campaign_id)
+        if campaign.status in (CampaignStatus.CANCELLED, CampaignStatus.DONE):
+            raise Conflict(f"campaign {campaign_id} is {campaign.status} already")
+        campaign.status, campaign.finished_at = CampaignStatus.CANCELLED, store.now()
+        await campaign.save(update_fields=["status", "finished_at", "updated_at"])
+        await Delivery.filter(
+            campaign_id=campaign.id, status__in=(DeliveryStatus.QUEUED, DeliveryStatus.HELD)
+        ).update(status=DeliveryStatus.CANCELLED, skip_reason="cancelled")
+        await audit.record(key_id, "campaign.cancel", f"campaign:{campaign.id}", {})
+    return campaign
+
+
+async def _locked(campaign_id: int) -> Campaign:
+    campaign = await Campaign.select_for_update().get_or_none(id=campaign_id)
+    if campaign is None:
+        raise NotFound(f"no campaign {campaign_id}")
+    return campaign
+
+
+async def finish_done(now: datetime | None = None) -> int:
+    """Mark sending campaigns whose every delivery is final as done (a sender job)."""
+    finished = 0
+    for campaign in await Campaign.filter(status=CampaignStatus.SENDING).only("id"):
+        if not await Delivery.filter(campaign_id=campaign.id, status__in=OPEN).exists():
+            finished += await Campaign.filter(id=campaign.id,
+                                              status=CampaignStatus.SENDING).update(
+                status=CampaignStatus.DONE, finished_at=now or store.now())
+    return finished
+
+
+# -- what the product team sees ----------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """A campaign's counts and pace, as the API, the CLI and the console show them."""
+
+    campaign: Campaign
+    counts: dict[str, int]  # delivery status -> how many
+    skipped: dict[str, int]  # skip reason -> how many
+    unsubscribed: int  # withdrawals made through this campaign's messages
+    rate: float  # messages handed over per second, over the last minute
+    eta_seconds: float | None
+    first_errors: list[dict[str, Any]]
+    possible_duplicates: int  # sent after a takeover of a dead worker's claim
+    withdrawals_during: int  # recipients who withdrew while the campaign was sending
+    sent_after_withdrawal: int  # checked after a withdrawal and sent all the same: must be 0
+    max_withdrawal_lag_seconds: float | None  # withdrawal to the last message handed over
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def remaining(self) -> int:
+        return sum(self.counts.get(s, 0) for s in OPEN)
+
+    @property
+    def done_fraction(self) -> float:
+        return 1.0 if not self.total else 1 - self.remaining / self.total
+
+
+async def progress(campaign: Campaign, now: datetime | None = None) -> Progress:
+    now = now or store.now()
+    rows = await (Delivery.filter(campaign_id=campaign.id)
+                  .annotate(n=Count("id")).group_by("status", "skip_reason")
+                  .values("status", "skip_reason", "n"))
+    counts: dict[str, int] = {}
+    skipped: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + row["n"]
+        if row["status"] == DeliveryStatus.SKIPPED and row["skip_reason"]:
+            skipped[row["skip_reason"]] = skipped.get(row["skip_reason"], 0) + row["n"]
+    recent = await Delivery.filter(campaign_id=campaign.id, sent_at__gte=now
+                                   - timedelta(seconds=60)).count()
+    rate = recent / 60
+    remaining = sum(counts.get(s, 0) for s in OPEN)
+    errors = await (Delivery.filter(campaign_id=campaign.id, last_error__isnull=False)
+                    .order_by("updated_at", "id").limit(5)
+                    .values("id", "status", "last_error", "updated_at"))
+    unsubscribed = await ConsentEvent.filter(
+        delivery_id__in=Delivery.filter(campaign_id=campaign.id).values("id"),
+        to_state="unsubscribed").count() if counts else 0
+    duplicates = await Delivery.filter(campaign_id=campaign.id, takeovers__gt=0,
+                                       status__in=HANDED_OVER).count()
+    lag = await _withdrawal_lag(campaign)
+    return Progress(
+        campaign=campaign, counts=counts, skipped=skipped, unsubscribed=unsubscribed,
+        rate=rate, eta_seconds=(remaining / rate) if rate and remaining else None,
+        first_errors=[{**e, "updated_at": e["updated_at"].isoformat()} for e in errors],
+        possible_duplicates=duplicates, **lag)
+
+
+async def _withdrawal_lag(campaign: Campaign) -> dict[str, Any]:
+    """How close the last message to a withdrawing user came after their withdrawal.
+
+    For every withdrawal of a campaign topic recorded while the campaign was sending: a
+    message whose final eligibility check began after the withdrawal was recorded must not
+    exist (``sent_after_withdrawal``, always 0); a message already past its check when the
+    withdrawal came may still have been handed over, and the largest such gap is shown.
+    """
+    found = {"withdrawals_during": 0, "sent_after_withdrawal": 0,
+             "max_withdrawal_lag_seconds": None}
+    if campaign.started_at is None:
+        return found
+    topics = await Delivery.filter(campaign_id=campaign.id).distinct().values_list(
+        "topic", flat=True)
+    events = await ConsentEvent.filter(
+        Q(topic__in=[t for t in topics if t]), to_state="unsubscribed",
+        recorded_at__gte=campaign.started_at,
+        user_id__in=Delivery.filter(campaign_id=campaign.id).values("user_id"),
+    ).values("user_id", "topic", "recorded_at")
+    if not events:
+        return found
+    found["withdrawals_during"] = len({e["user_id"] for e in events})
+    lag = None
+    for event in events:
+        sent = await Delivery.filter(
+            campaign_id=campaign.id, user_id=event["user_id"], topic=event["topic"],
+            status__in=HANDED_OVER, sent_at__gt=event["recorded_at"],
+        ).values("checked_at", "sent_at")
+        for row in sent:
+            if row["checked_at"] is not None and row["checked_at"] > event["recorded_at"]:
+                found["sent_after_withdrawal"] += 1
+            gap = (row["sent_at"] - event["recorded_at"]).total_seconds()
+            lag = gap if lag is None else max(lag, gap)
+    found["max_withdrawal_lag_seconds"] = lag
+    return found
+
