@@ -55,7 +55,7 @@ class Migration(migrations.Migration):
         ops.AddField(
             model_name='ConsentEvent',
             name='delivery_id',
-            field=fields.BigIntField(null=True),
+            field=fields.BigIntField(null=True, db_index=True),
         ),
         ops.AddField(
             model_name='Delivery',

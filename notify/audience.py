@@ -160,9 +160,11 @@ async def preview(campaign: Campaign, topics: Mapping[str, str | None]) -> list[
             else:
                 audience.excluded[row["r"]] = row["n"]
         for name in audience.excluded:
+            # Placeholders are numbered in the order written (SQLite's are positional):
+            # build the parts in the order they appear in the statement.
             sql = _Sql(_dialect(conn))
-            reason = _reason_sql(sql, campaign, channel, policy)
             source = _from_sql(sql, campaign, policy, topics.get(channel))
+            reason = _reason_sql(sql, campaign, channel, policy)
             _, rows = await conn.execute_query(
                 f"SELECT u.external_id AS id {source} AND ({reason}) = {sql(name)} "
                 f"ORDER BY u.id LIMIT {EXAMPLES}", sql.values)
@@ -203,8 +205,8 @@ async def enqueue(campaign: Campaign, topics: Mapping[str, str | None], *, now: 
             sql(campaign.kind), sql(topic), json, sql(DeliveryStatus.QUEUED.value),
             "0", "0", sql.time(now), sql.time(now + timedelta(hours=retry_hours)),
             sql.time(now), sql.time(now)])
-        reason = _reason_sql(sql, campaign, channel, policy)
         source = _from_sql(sql, campaign, policy, topics.get(channel))
+        reason = _reason_sql(sql, campaign, channel, policy)
         statement = (
             "INSERT INTO deliveries (user_id, campaign_id, notice_of_id, channel, kind, topic, "
             "context, status, attempts, takeovers, next_attempt_at, deadline, created_at, "
@@ -215,6 +217,12 @@ async def enqueue(campaign: Campaign, topics: Mapping[str, str | None], *, now: 
 
 
 async def _execute(conn: BaseDBAsyncClient, statement: str, values: list[Any]) -> int:
-    """Run a statement; how many rows it changed (tortoise reports it on both backends)."""
-    count, _ = await conn.execute_query(statement, values)
-    return count
+    """Run a statement and return how many rows it changed."""
+    if _dialect(conn) == "sqlite":
+        count, _ = await conn.execute_query(statement, values)
+        return count
+    # tortoise 1.1.9 reads an INSERT's count from the wrong word of asyncpg's status
+    # ("INSERT 0 400": it takes the OID), so read the status here.
+    async with conn.acquire_connection() as connection:
+        status = await connection.execute(statement, *values)
+    return int(status.split()[-1])

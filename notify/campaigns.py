@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from tortoise.expressions import Q
+import jinja2
+from tortoise.expressions import Q, Subquery
 from tortoise.functions import Count
 from tortoise.transactions import in_transaction
 
-from notify import audience, audit, store
+from notify import audience, audit, i18n, mail, store
 from notify.eligibility import CAMPAIGN_KINDS, NOTICE_TOPIC, POLICY_NOTICE
 from notify.errors import Conflict, InvalidRequest, NotFound
 from notify.models import (
@@ -146,6 +147,8 @@ async def create(settings: Settings, spec: Spec, key_id: str) -> Campaign:
                              field="body.policy_version")
     topics_by_channel(settings, spec.kind, spec.topic, channels)
     template = spec.template or DEFAULT_TEMPLATE[spec.kind]
+    if Channel.EMAIL.value in channels:
+        check_template(settings, template, spec.variables, policy)
     async with in_transaction():
         campaign = await Campaign.create(
             name=spec.name, kind=spec.kind, channels=channels, topic=spec.topic,
@@ -154,6 +157,31 @@ async def create(settings: Settings, spec: Spec, key_id: str) -> Campaign:
         await audit.record(key_id, "campaign.create", f"campaign:{campaign.id}",
                            {"name": spec.name, "kind": spec.kind, "channels": channels})
     return campaign
+
+
+def check_template(settings: Settings, template: str, variables: Mapping[str, Any],
+                   policy: PolicyVersion | None) -> None:
+    """Render the email once for a sample reader in every language: a missing template or
+    variable is the creator's error now, not a failed delivery per user later."""
+    context: dict[str, Any] = {**variables, "name": "Ada"}
+    if policy is not None:
+        context.update(policy_title=policy.title, summary=policy.summary, policy_url=policy.url,
+                       effective_date=policy.effective_at.date().isoformat())
+    for locale in i18n.catalogs():
+        email = mail.Email(to="sample@example.com", to_name="Ada", kind=template,
+                           locale=locale, context=context,
+                           footer=mail.Footer(preferences_url=settings.public_url))
+        try:
+            mail.render(email, settings)
+        except jinja2.TemplateNotFound:
+            raise InvalidRequest(f"no email template {template!r} under templates/emails",
+                                 field="body.template") from None
+        except jinja2.UndefinedError as exc:
+            raise InvalidRequest(f"template {template!r} needs a variable: {exc.message}",
+                                 field="body.variables") from None
+        except jinja2.TemplateError as exc:
+            raise InvalidRequest(f"template {template!r} does not render: {exc}",
+                                 field="body.template") from None
 
 
 async def get(campaign_id: int) -> Campaign:
@@ -290,6 +318,34 @@ async def finish_done(now: datetime | None = None) -> int:
     return finished
 
 
+async def check_guards(settings: Settings) -> int:
+    """Pause every sending campaign whose complaint or hard-bounce rate passed its limit
+    (a sender job). Returns how many it paused."""
+    paused = 0
+    for campaign in await Campaign.filter(status=CampaignStatus.SENDING).only("id"):
+        rows = await (Delivery.filter(campaign_id=campaign.id, status__in=HANDED_OVER)
+                      .annotate(n=Count("id")).group_by("status").values("status", "n"))
+        counts = {row["status"]: row["n"] for row in rows}
+        handed = sum(counts.values())
+        if handed < settings.guard_min_sent:
+            continue
+        for status, limit, what in (
+                (DeliveryStatus.COMPLAINED, settings.guard_complaint_rate, "complaint"),
+                (DeliveryStatus.BOUNCED, settings.guard_bounce_rate, "hard-bounce")):
+            rate = 100 * counts.get(status, 0) / handed
+            if rate > limit:
+                reason = (f"{what} rate {rate:.2f}% of {handed} messages passed the limit of "
+                          f"{limit}% (settings: guard); check the list and the content, then "
+                          "resume or cancel")
+                try:
+                    await pause(campaign.id, "guard", reason)
+                except Conflict:
+                    break  # paused or cancelled by someone else meanwhile
+                paused += 1
+                break
+    return paused
+
+
 # -- what the product team sees ----------------------------------------------------------
 
 
@@ -341,7 +397,7 @@ async def progress(campaign: Campaign, now: datetime | None = None) -> Progress:
                     .order_by("updated_at", "id").limit(5)
                     .values("id", "status", "last_error", "updated_at"))
     unsubscribed = await ConsentEvent.filter(
-        delivery_id__in=Delivery.filter(campaign_id=campaign.id).values("id"),
+        delivery_id__in=Subquery(Delivery.filter(campaign_id=campaign.id).values("id")),
         to_state="unsubscribed").count() if counts else 0
     duplicates = await Delivery.filter(campaign_id=campaign.id, takeovers__gt=0,
                                        status__in=HANDED_OVER).count()
@@ -370,7 +426,7 @@ async def _withdrawal_lag(campaign: Campaign) -> dict[str, Any]:
     events = await ConsentEvent.filter(
         Q(topic__in=[t for t in topics if t]), to_state="unsubscribed",
         recorded_at__gte=campaign.started_at,
-        user_id__in=Delivery.filter(campaign_id=campaign.id).values("user_id"),
+        user_id__in=Subquery(Delivery.filter(campaign_id=campaign.id).values("user_id")),
     ).values("user_id", "topic", "recorded_at")
     if not events:
         return found

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
-from notify import store
+from notify import campaigns, store
 from notify.postman import Postman
 from notify.sender import Job
 from notify.settings import Settings
 
 
 def jobs(settings: Settings, postman: Postman) -> list[Job]:
+    async def start_campaigns() -> int:
+        return await campaigns.start_scheduled(settings)
+
     async def deliver_email() -> int:
         return await postman.deliver_due()
+
+    async def guard_campaigns() -> int:
+        # Counted as no work: the loop should not spin faster because a guard looked.
+        await campaigns.check_guards(settings)
+        return 0
+
+    async def finish_campaigns() -> int:
+        await campaigns.finish_done()
+        return 0
 
     async def expire_pending() -> int:
         return await store.expire_pending(settings.topics, days=settings.pending_days,
                                           default_policy=settings.policy_version)
 
-    return [deliver_email, expire_pending]
+    return [start_campaigns, deliver_email, guard_campaigns, finish_campaigns, expire_pending]

@@ -97,7 +97,7 @@ class ConsentEvent(Model):
     # The message whose link or reply made this change, if any: a campaign's status counts
     # the unsubscribes it caused. A plain number, not a foreign key: the ledger outlives
     # the outbox.
-    delivery_id = fields.BigIntField(null=True)
+    delivery_id = fields.BigIntField(null=True, db_index=True)
     # When the person acted (an import carries the original time); recorded_at is ours.
     occurred_at = fields.DatetimeField()
     recorded_at = fields.DatetimeField(auto_now_add=True)

@@ -75,7 +75,8 @@ class Postman:
     async def send_now(self, delivery: Delivery) -> Delivery:
         """Try a freshly queued delivery at once; a temporary failure leaves it queued."""
         claimed = await Delivery.filter(id=delivery.id, status=DeliveryStatus.QUEUED).update(
-            status=DeliveryStatus.SENDING, lease_until=store.now() + LEASE)
+            status=DeliveryStatus.SENDING,
+            lease_until=store.now() + timedelta(seconds=self.settings.worker_lease_seconds))
         if claimed:
             await self.deliver(await Delivery.get(id=delivery.id))
         return await Delivery.get(id=delivery.id)
@@ -87,7 +88,8 @@ class Postman:
         return len(batch)
 
     async def claim(self, limit: int) -> list[Delivery]:
-        return await claim("email", limit)
+        return await claim("email", limit,
+                           timedelta(seconds=self.settings.worker_lease_seconds))
 
     async def deliver(self, delivery: Delivery) -> None:
         if store.now() > delivery.deadline:
@@ -204,6 +206,33 @@ class Postman:
         data = mail.build(email, settings).as_bytes()
         return self.signer.sign(data) if self.signer else data
 
+    async def send_test(self, campaign: Campaign, policy: PolicyVersion | None, address: str,
+                        locale: str) -> str:
+        """One rendering of a campaign to ``address``, outside its audience and its counts.
+
+        No delivery row, so nothing is counted; the sample reader has no name and the
+        footer's links point at the preference page, since a test reader is nobody's user.
+        Returns the relay's reference.
+        """
+        settings = self.settings
+        context: dict[str, Any] = {**campaign.variables, "name": None}
+        if policy is not None:
+            context.update(policy_title=policy.title, summary=policy.summary,
+                           policy_url=policy.url,
+                           effective_date=policy.effective_at.date().isoformat())
+        topic = settings.topics.get(campaign.topic) if campaign.topic else None
+        email = mail.Email(
+            to=address, to_name=None, kind=campaign.template, locale=i18n.choose(locale),
+            context=context, headers={"X-Notify-Test": f"campaign {campaign.id}"},
+            footer=mail.Footer(preferences_url=f"{settings.public_url}/preferences",
+                               topic_label=topic.label(locale) if topic else None))
+        message = mail.build(email, settings)
+        message.replace_header("Subject", f"[Test] {message['Subject']}")
+        data = message.as_bytes()
+        data = self.signer.sign(data) if self.signer else data
+        receipt = await self.channel.send(Envelope(settings.mail_from, (address,), data))
+        return receipt.reference
+
     async def _failed(self, delivery: Delivery, exc: DeliveryError, address: str) -> None:
         attempts = delivery.attempts + 1
         if exc.temporary and store.now() + pause_after(attempts) < delivery.deadline:
@@ -224,7 +253,7 @@ class Postman:
 
 
 
-async def claim(channel: str, limit: int) -> list[Delivery]:
+async def claim(channel: str, limit: int, lease: timedelta = LEASE) -> list[Delivery]:
     """Claim up to ``limit`` due deliveries of one channel for this worker (a lease).
 
     Takes queued deliveries whose time has come, and claims of a worker whose lease ran
@@ -249,7 +278,7 @@ async def claim(channel: str, limit: int) -> list[Delivery]:
         rows = (due + expired)[:limit]
         if rows:
             await Delivery.filter(id__in=[d.id for d in rows]).update(
-                status=DeliveryStatus.SENDING, lease_until=now + LEASE)
+                status=DeliveryStatus.SENDING, lease_until=now + lease)
         taken_over = [d.id for d in rows if d.status == DeliveryStatus.SENDING]
         if taken_over:
             await Delivery.filter(id__in=taken_over).update(takeovers=F("takeovers") + 1)

@@ -121,6 +121,10 @@ class Settings:
     bounce_threshold: float
     bounce_stale_days: int
     retry_hours: int
+    guard_complaint_rate: float  # percent of handed-over messages
+    guard_bounce_rate: float  # percent, hard bounces
+    guard_min_sent: int
+    worker_lease_seconds: int
     sms_transport: str
     twilio_account_sid: str
     twilio_auth_token: str = field(repr=False)
@@ -179,6 +183,10 @@ KEYS: dict[str, Any] = {
     "bounce_threshold": 5,
     "bounce_stale_days": 7,
     "retry_hours": 48,
+    "guard_complaint_rate": 0.3,
+    "guard_bounce_rate": 5.0,
+    "guard_min_sent": 200,
+    "worker_lease_seconds": 300,
     "sms_transport": "log",
     "twilio_account_sid": "",
     "twilio_auth_token": "",
@@ -275,6 +283,12 @@ def _build(raw: dict[str, Any], topics_raw: dict[str, Any]) -> Settings:
     s["bounce_threshold"] = float(_integer("bounce_threshold", value["bounce_threshold"], 1, 100))
     s["bounce_stale_days"] = _integer("bounce_stale_days", value["bounce_stale_days"], 1, 365)
     s["retry_hours"] = _integer("retry_hours", value["retry_hours"], 1, 720)
+    s["guard_complaint_rate"] = _number("guard_complaint_rate", value["guard_complaint_rate"],
+                                        0.01, 100)
+    s["guard_bounce_rate"] = _number("guard_bounce_rate", value["guard_bounce_rate"], 0.01, 100)
+    s["guard_min_sent"] = _integer("guard_min_sent", value["guard_min_sent"], 1, 1_000_000)
+    s["worker_lease_seconds"] = _integer("worker_lease_seconds", value["worker_lease_seconds"],
+                                         2, 3600)
     for key in (
         "smtp_host",
         "smtp_username",
@@ -331,6 +345,16 @@ def _integer(key: str, value: Any, low: int, high: int) -> int:
         number = None
     if number is None or isinstance(value, bool) or not low <= number <= high:
         raise ConfigError(f"{env_name(key)}: must be a whole number from {low} to {high}")
+    return number
+
+
+def _number(key: str, value: Any, low: float, high: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or isinstance(value, bool) or not low <= number <= high:
+        raise ConfigError(f"{env_name(key)}: must be a number from {low} to {high}")
     return number
 
 

@@ -310,8 +310,10 @@ async def test_arf_complaint_suppresses_and_withdraws_marketing(server, settings
                                    "email_notifications": "subscribed"}
     with orm:
         [event] = await ConsentEvent.filter(source=ConsentSource.COMPLAINT)
-        assert (await Delivery.get(id=delivery.id)).status == DeliveryStatus.SENT
-    assert (event.topic, event.actor) == ("newsletter", "feedback-loop")
+        # Counted against its campaign's complaint rate; the event names the message.
+        assert (await Delivery.get(id=delivery.id)).status == DeliveryStatus.COMPLAINED
+    assert (event.topic, event.actor, event.delivery_id) == ("newsletter", "feedback-loop",
+                                                             delivery.id)
     assert "abuse" in event.note
 
 

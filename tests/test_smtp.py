@@ -140,7 +140,7 @@ async def test_a_newsletter_arrives_with_every_header_and_a_working_unsubscribe(
     assert message["Date"] and message["Message-ID"] == message_id(settings, delivery.id)
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert message["List-Id"].endswith("<newsletter.example.com>")
-    assert message["Feedback-ID"] == "newsletter:newsletter:notify"
+    assert message["Feedback-ID"] == "0:newsletter:newsletter:notify"
     https, mailto = [part.strip(" <>") for part in message["List-Unsubscribe"].split(",")]
     assert https.startswith(settings.public_url + "/u/")
     assert mailto.startswith("mailto:unsubscribe+u")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from notify.web import campaigns_api as camp
 from notify.web import health, users, webhooks
 from notify.web.endpoints import Endpoint
 from notify.web.schemas import (
@@ -18,6 +19,7 @@ from notify.web.schemas import (
 )
 
 USER = "/v1/users/{id}"
+CAMPAIGN = "/v1/campaigns/{id}"
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/healthz", health.healthz, "The process is up", scope=None,
@@ -44,6 +46,39 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              response=LinksOut),
     Endpoint("GET", USER + "/export", users.export_user,
              "Everything held about the user (GDPR Art. 15 and 20)", response=ExportOut),
+    Endpoint("POST", "/v1/policies", camp.post_policy,
+             "Publish a policy version (immutable once published; 409 if the label exists)",
+             scope="admin", body=camp.PolicyIn, response=camp.PolicyOut, status=201,
+             tag="policies"),
+    Endpoint("GET", "/v1/policies", camp.get_policies, "Published policy versions, newest first",
+             scope="admin", response=camp.PolicyList, tag="policies"),
+    Endpoint("POST", "/v1/campaigns", camp.post_campaign,
+             "Create a campaign (a draft): a policy notice, newsletter or notification",
+             scope="admin", body=camp.CampaignIn, response=camp.CampaignOut, status=201,
+             tag="campaigns"),
+    Endpoint("GET", "/v1/campaigns", camp.get_campaigns, "The latest 100 campaigns",
+             scope="admin", response=camp.CampaignList, tag="campaigns"),
+    Endpoint("GET", CAMPAIGN, camp.get_campaign,
+             "A campaign with its counts by state, rate, ETA and first errors",
+             scope="admin", response=camp.CampaignOut, tag="campaigns"),
+    Endpoint("GET", CAMPAIGN + "/audience", camp.get_audience,
+             "Who would receive it now, and who not and why, with example users",
+             scope="admin", response=camp.AudienceOut, tag="campaigns"),
+    Endpoint("POST", CAMPAIGN + "/send", camp.send,
+             "Enqueue it now (or schedule it, when its send_at is ahead)",
+             scope="admin", response=camp.CampaignOut, tag="campaigns"),
+    Endpoint("POST", CAMPAIGN + "/pause", camp.pause, "Hold what is not sent yet",
+             scope="admin", response=camp.CampaignOut, tag="campaigns"),
+    Endpoint("POST", CAMPAIGN + "/resume", camp.resume, "Go on sending a paused campaign",
+             scope="admin", response=camp.CampaignOut, tag="campaigns"),
+    Endpoint("POST", CAMPAIGN + "/cancel", camp.cancel,
+             "Cancel: nothing not yet sent will be", scope="admin",
+             response=camp.CampaignOut, tag="campaigns"),
+    Endpoint("POST", CAMPAIGN + "/test", camp.test_send,
+             "Send one rendering to the given addresses, outside the audience and counts",
+             scope="admin", body=camp.TestIn, response=camp.TestOut, tag="campaigns"),
+    Endpoint("GET", "/v1/audit", camp.get_audit, "The admin audit log, newest first",
+             scope="admin", query=camp.AuditQuery, response=camp.AuditPage, tag="audit"),
     Endpoint("POST", "/webhooks/bounces", webhooks.post_bounce,
              "Report a bounce or spam complaint from an email provider (202)", scope="admin",
              body=webhooks.BounceReportIn, response=webhooks.BounceReportOut, status=202,

@@ -1,0 +1,408 @@
+"""Policy versions, campaigns, the audience preview, the enqueue and the sender, end to end
+on both databases: every user gets exactly what the rules say."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import email
+import email.policy
+import random
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from population import populate, pure_reasons, tally
+from support import ADMIN, APP, HASH_KEY, snapshot
+
+from notify import audience, campaigns, eligibility, store
+from notify.models import AuditEntry, Campaign, ConsentEvent, Delivery, User
+from notify.web.endpoints import POSTMAN
+
+POLICY = {
+    "version": "2026-12", "title": "Clearer retention periods",
+    "summary": "We now keep support tickets for two years instead of five.",
+    "url": "https://example.com/privacy/2026-12", "effective_at": "2026-12-01T00:00:00Z",
+    "material": True,
+}
+
+
+async def publish(client, **changes) -> dict:  # noqa: ANN001
+    resp = await client.post("/v1/policies", json={**POLICY, **changes}, headers=ADMIN)
+    assert resp.status == 201, await resp.text()
+    return await resp.json()
+
+
+async def create(client, **body) -> dict:  # noqa: ANN001
+    resp = await client.post("/v1/campaigns", json={"name": "test", **body}, headers=ADMIN)
+    assert resp.status == 201, await resp.text()
+    return await resp.json()
+
+
+async def drain(client) -> int:  # noqa: ANN001
+    """Run the sender's email work until nothing is due; returns how many were handled."""
+    postman, handled = client.app[POSTMAN], 0
+    while (batch := await postman.deliver_due(200)):
+        handled += batch
+    await campaigns.finish_done()
+    return handled
+
+
+def outbox(settings) -> list[email.message.EmailMessage]:  # noqa: ANN001
+    return [email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
+            for p in sorted(settings.outbox_dir.glob("*.eml"))]
+
+
+# -- policy versions ---------------------------------------------------------------------
+
+
+async def test_a_published_policy_is_listed_immutable_audited_and_in_force(client, orm):
+    out = await publish(client, effective_at="2020-01-01T00:00:00Z")
+    assert out["version"] == "2026-12" and out["published_by"].startswith("admin-")
+    again = await client.post("/v1/policies", json={**POLICY, "title": "Changed"},
+                              headers=ADMIN)
+    assert again.status == 409
+    assert "cannot change" in (await again.json())["detail"]
+    listed = await (await client.get("/v1/policies", headers=ADMIN)).json()
+    assert [p["title"] for p in listed["policies"]] == [POLICY["title"]]
+    assert (await client.get("/v1/policies", headers=APP)).status == 403
+    page = await client.get("/policy")
+    assert POLICY["title"] in await page.text()
+    # Every consent event records the version in force.
+    await client.put("/v1/users/ann", json={"email": "ann@example.com"}, headers=APP)
+    await client.put("/v1/users/ann/consents/newsletter", json={"subscribed": True},
+                     headers=APP)
+    with orm:
+        event = await ConsentEvent.filter(topic="newsletter").first()
+        assert event.policy_version == "2026-12"
+        entry = await AuditEntry.get(action="policy.publish")
+        assert (entry.key_id, entry.target) == (out["published_by"], "policy:2026-12")
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"version": "bad label!"}, "body.version"),
+    ({"effective_at": "2026-12-01T00:00:00"}, "body.effective_at"),
+    ({"url": "not a url"}, "body.url"),
+    ({"material": "maybe"}, "body.material"),
+    ({"summary": ""}, "body.summary"),
+])
+async def test_bad_policy_input_is_refused_and_changes_nothing(client, orm, body, field):
+    before = await snapshot(orm)
+    resp = await client.post("/v1/policies", json={**POLICY, **body}, headers=ADMIN)
+    assert resp.status == 422
+    assert field in [e["field"] for e in (await resp.json())["errors"]]
+    assert await snapshot(orm) == before
+
+
+# -- creating campaigns ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"kind": "spam"}, "body.kind"),
+    ({"kind": "newsletter"}, "body.topic"),
+    ({"kind": "newsletter", "topic": "nope"}, "body.topic"),
+    ({"kind": "newsletter", "topic": "newsletter", "channels": ["sms"]}, "body.channels"),
+    ({"kind": "newsletter", "topic": "newsletter", "channels": []}, "body.channels"),
+    ({"kind": "policy_notice"}, "body.policy_version"),
+    ({"kind": "policy_notice", "policy_version": "1999"}, "body.policy_version"),
+    ({"kind": "newsletter", "topic": "newsletter", "template": "missing"}, "body.template"),
+    ({"kind": "newsletter", "topic": "newsletter", "template": "../etc"}, "body.template"),
+    ({"kind": "newsletter", "topic": "newsletter", "variables": {"subject": "s"}},
+     "body.variables"),
+    ({"kind": "newsletter", "topic": "newsletter", "audience": {"country": "XX"}},
+     "body.audience.country"),
+    ({"kind": "newsletter", "topic": "newsletter", "color": "red"}, "body.color"),
+])
+async def test_bad_campaigns_are_refused_with_the_field_named(client, orm, body, field):
+    before = await snapshot(orm)
+    resp = await client.post("/v1/campaigns", json={"name": "x", **body}, headers=ADMIN)
+    assert resp.status == 422, await resp.text()
+    problem = await resp.json()
+    assert field in [e["field"] for e in problem["errors"]], problem
+    assert await snapshot(orm) == before
+
+
+async def test_unknown_campaign_ids_are_404(client):
+    for path in ("/v1/campaigns/999", "/v1/campaigns/abc", "/v1/campaigns/99999999999999999999"):
+        resp = await client.get(path, headers=ADMIN)
+        assert resp.status == 404, path
+    assert (await client.post("/v1/campaigns/999/send", headers=ADMIN)).status == 404
+
+
+# -- the rule, the preview and the enqueue agree -----------------------------------------
+
+
+NEWSLETTER = {"kind": "newsletter", "topic": "newsletter",
+              "variables": {"subject": "News", "body": "Hello"}}
+
+
+async def test_mixed_population_gets_exactly_what_the_rules_say(client, orm, settings):
+    with orm:
+        profiles = await populate(2000, HASH_KEY)
+    made = await create(client, **NEWSLETTER)
+    # The preview before any send ...
+    preview = await (await client.get(f"/v1/campaigns/{made['id']}/audience",
+                                      headers=ADMIN)).json()
+    with orm:
+        expected = await pure_reasons(HASH_KEY, "newsletter", "newsletter",
+                                      settings.topics["newsletter"])
+        campaign = await Campaign.get(id=made["id"])
+        sql = await audience.reasons_by_user(campaign, "email", {"email": "newsletter"})
+    # ... is the pure rule's answer for every single user, and its counts are the tally.
+    assert sql == expected
+    eligible, excluded = tally(expected)
+    assert preview["eligible"] == eligible == 400  # subscribed and subscribed_de
+    assert preview["channels"][0]["excluded"] == excluded
+    assert excluded == {"unverified": 200, "not_subscribed": 800, "suppressed": 200,
+                        "erased": 200, "no_address": 200}
+    assert all(len(ids) == 3 for ids in preview["channels"][0]["examples"].values())
+    assert profiles[preview["channels"][0]["examples"]["suppressed"][0]] == "suppressed"
+
+    sent = await (await client.post(f"/v1/campaigns/{made['id']}/send", headers=ADMIN)).json()
+    assert (sent["status"], sent["enqueued"], sent["excluded"]) == ("sending", 400, excluded)
+    await drain(client)
+    status = await (await client.get(f"/v1/campaigns/{made['id']}", headers=ADMIN)).json()
+    assert status["status"] == "done" and status["counts"] == {"sent": 400}
+    assert status["progress"] == 1.0
+    received = Counter(m["To"].split("@")[0] for m in outbox(settings))
+    assert set(received) == {u for u, p in profiles.items()
+                             if p in ("subscribed", "subscribed_de")}
+    assert set(received.values()) == {1}
+    # Every message carries its own one-click link and names the campaign.
+    first = outbox(settings)[0]
+    assert first["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert first["Feedback-ID"].startswith(f"{made['id']}:newsletter:")
+    # Enqueueing again adds nothing: one delivery per campaign, user and channel.
+    with orm:
+        again = await audience.enqueue(campaign, {"email": "newsletter"}, now=store.now(),
+                                       retry_hours=1)
+        assert again == 0
+    assert (await client.post(f"/v1/campaigns/{made['id']}/send",
+                              headers=ADMIN)).status == 409
+
+
+async def test_audience_filters_select_by_locale_country_and_creation(client, orm, settings):
+    with orm:
+        await populate(100, HASH_KEY)
+    german = await create(client, **NEWSLETTER, audience={"locale": "de"})
+    preview = await (await client.get(f"/v1/campaigns/{german['id']}/audience",
+                                      headers=ADMIN)).json()
+    assert preview["eligible"] == 10 and preview["channels"][0]["excluded"] == {}
+    recent = await create(client, **NEWSLETTER, audience={
+        "created_after": (datetime.now(UTC) - timedelta(days=5, hours=1)).isoformat()})
+    preview = await (await client.get(f"/v1/campaigns/{recent['id']}/audience",
+                                      headers=ADMIN)).json()
+    with orm:
+        cut = store.now() - timedelta(days=5, hours=1)
+        selected = {u.id for u in await User.filter(created_at__gte=cut)}
+        expected = await pure_reasons(HASH_KEY, "newsletter", "newsletter",
+                                      settings.topics["newsletter"])
+    eligible, _ = tally({k: v for k, v in expected.items() if k in selected})
+    assert preview["eligible"] == eligible > 0
+    nobody = await create(client, **NEWSLETTER, audience={"country": "FR"})
+    preview = await (await client.get(f"/v1/campaigns/{nobody['id']}/audience",
+                                      headers=ADMIN)).json()
+    assert preview["eligible"] == 0 and preview["channels"][0]["excluded"] == {}
+
+
+# -- policy notices ----------------------------------------------------------------------
+
+
+async def test_a_material_notice_reaches_the_opted_out_never_the_suppressed(client, orm,
+                                                                            settings):
+    with orm:
+        profiles = await populate(200, HASH_KEY)
+    await publish(client)
+    made = await create(client, kind="policy_notice", policy_version="2026-12")
+    preview = await (await client.get(f"/v1/campaigns/{made['id']}/audience",
+                                      headers=ADMIN)).json()
+    with orm:
+        expected = await pure_reasons(HASH_KEY, "policy_notice", None, None,
+                                      eligibility.Notice(material=True))
+    assert (preview["eligible"], preview["channels"][0]["excluded"]) == tally(expected)
+    await client.post(f"/v1/campaigns/{made['id']}/send", headers=ADMIN)
+    await drain(client)
+    got = {m["To"].split("@")[0]: m for m in outbox(settings)}
+    kinds = Counter(profiles[u] for u in got)
+    # Everyone with a verified, deliverable address, whatever their consents ...
+    assert set(kinds) == {"subscribed", "pending", "unsubscribed", "never_asked",
+                          "opted_out_all", "subscribed_de"}
+    assert set(kinds.values()) == {20}
+    # ... and no List-Unsubscribe: a legal notice is not a subscription.
+    sample = next(iter(got.values()))
+    assert sample["List-Unsubscribe"] is None
+    assert "two years" in sample.get_payload()[0].get_content()
+    # The same version again reaches nobody new.
+    second = await create(client, kind="policy_notice", policy_version="2026-12")
+    preview = await (await client.get(f"/v1/campaigns/{second['id']}/audience",
+                                      headers=ADMIN)).json()
+    assert preview["eligible"] == 0
+    assert preview["channels"][0]["excluded"]["already_notified"] == 120
+    sent = await (await client.post(f"/v1/campaigns/{second['id']}/send",
+                                    headers=ADMIN)).json()
+    assert sent["enqueued"] == 0
+    await drain(client)
+    assert len(outbox(settings)) == 120
+
+
+async def test_a_non_material_notice_goes_to_email_notification_subscribers(client, orm,
+                                                                             settings):
+    with orm:
+        profiles = await populate(100, HASH_KEY)
+    await publish(client, version="2026-12b", material=False)
+    made = await create(client, kind="policy_notice", policy_version="2026-12b")
+    await client.post(f"/v1/campaigns/{made['id']}/send", headers=ADMIN)
+    await drain(client)
+    got = {m["To"].split("@")[0] for m in outbox(settings)}
+    assert {profiles[u] for u in got} == {"subscribed", "subscribed_de"}
+    assert len(got) == 20
+    # It is posted on /policy all the same.
+    assert "Clearer retention periods" in await (await client.get("/policy")).text()
+
+
+# -- pause, resume, cancel, test sends, the audit log -----------------------------------
+
+
+async def test_pause_holds_resume_sends_cancel_stops_and_all_is_audited(client, orm,
+                                                                        settings):
+    with orm:
+        await populate(100, HASH_KEY)
+    made = await create(client, **NEWSLETTER)
+    cid = made["id"]
+    await client.post(f"/v1/campaigns/{cid}/send", headers=ADMIN)
+    paused = await (await client.post(f"/v1/campaigns/{cid}/pause", headers=ADMIN)).json()
+    assert paused["status"] == "paused" and paused["counts"] == {"held": 20}
+    assert await drain(client) == 0 and outbox(settings) == []
+    resumed = await (await client.post(f"/v1/campaigns/{cid}/resume", headers=ADMIN)).json()
+    assert resumed["counts"] == {"queued": 20}
+    postman = client.app[POSTMAN]
+    await postman.deliver_due(5)
+    cancelled = await (await client.post(f"/v1/campaigns/{cid}/cancel", headers=ADMIN)).json()
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["counts"] == {"sent": 5, "cancelled": 15}
+    assert await drain(client) == 0 and len(outbox(settings)) == 5
+    assert (await client.post(f"/v1/campaigns/{cid}/resume", headers=ADMIN)).status == 409
+    log = await (await client.get(f"/v1/audit?target=campaign:{cid}", headers=ADMIN)).json()
+    assert [e["action"] for e in reversed(log["entries"])] == [
+        "campaign.create", "campaign.send", "campaign.pause", "campaign.resume",
+        "campaign.cancel"]
+    assert len({e["key_id"] for e in log["entries"]}) == 1
+    assert log["entries"][0]["key_id"].startswith("admin-")
+
+
+async def test_a_test_send_goes_to_the_given_addresses_only_and_counts_nothing(client, orm,
+                                                                              settings):
+    with orm:
+        await populate(20, HASH_KEY)
+    await publish(client)
+    made = await create(client, kind="policy_notice", policy_version="2026-12")
+    resp = await client.post(f"/v1/campaigns/{made['id']}/test", headers=ADMIN,
+                             json={"addresses": ["team@example.org"], "locale": "de"})
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["sent"] == ["team@example.org"]
+    [message] = outbox(settings)
+    assert message["To"] == "team@example.org" and message["Subject"].startswith("[Test]")
+    status = await (await client.get(f"/v1/campaigns/{made['id']}", headers=ADMIN)).json()
+    assert status["counts"] == {} and status["status"] == "draft"
+    bad = await client.post(f"/v1/campaigns/{made['id']}/test", headers=ADMIN,
+                            json={"addresses": ["not-an-address"]})
+    assert bad.status == 422
+
+
+async def test_a_scheduled_campaign_starts_when_its_time_comes(client, orm, settings):
+    with orm:
+        await populate(20, HASH_KEY)
+    later = datetime.now(UTC) + timedelta(hours=2)
+    made = await create(client, **NEWSLETTER, send_at=later.isoformat())
+    sent = await (await client.post(f"/v1/campaigns/{made['id']}/send", headers=ADMIN)).json()
+    assert sent["status"] == "scheduled" and sent["enqueued"] == 0
+    with orm:
+        assert await campaigns.start_scheduled(settings) == 0
+        assert await campaigns.start_scheduled(settings, later + timedelta(seconds=1)) == 1
+        assert (await Campaign.get(id=made["id"])).enqueued == 4
+
+
+async def test_the_complaint_guard_pauses_a_campaign_and_says_why(client, orm, settings):
+    from notify import bounces
+
+    with orm:
+        await populate(100, HASH_KEY)
+    made = await create(client, **NEWSLETTER)
+    await client.post(f"/v1/campaigns/{made['id']}/send", headers=ADMIN)
+    await client.app[POSTMAN].deliver_due(10)
+    with orm:
+        first = await Delivery.filter(campaign_id=made["id"], status="sent").first()
+        await bounces.record_complaint(settings, first, None, "spam")
+        guarded = dataclasses.replace(settings, guard_min_sent=10)
+        assert await campaigns.check_guards(guarded) == 1
+        campaign = await Campaign.get(id=made["id"])
+    assert campaign.status == "paused"
+    assert "complaint rate 10.00% of 10 messages" in campaign.paused_reason
+    status = await (await client.get(f"/v1/campaigns/{made['id']}", headers=ADMIN)).json()
+    assert status["counts"]["complained"] == 1 and status["counts"]["held"] == 10
+    with orm:
+        assert await AuditEntry.filter(action="campaign.pause", key_id="guard").count() == 1
+
+
+# -- withdrawals while a campaign is sending ---------------------------------------------
+
+
+@pytest.mark.parametrize("round_", range(3))
+async def test_one_click_during_a_send_stops_everything_after_it(client, orm, settings,
+                                                                 round_):
+    """Users unsubscribe by one-click while the campaign goes out: nothing whose final
+    check came after their withdrawal was answered is sent to them."""
+    with orm:
+        await populate(400, HASH_KEY, prefix=f"r{round_}-")
+    made = await create(client, **NEWSLETTER)
+    cid = made["id"]
+    await client.post(f"/v1/campaigns/{cid}/send", headers=ADMIN)
+    with orm:
+        rows = await Delivery.filter(campaign_id=cid).values("id", "user_id")
+        handles = {u.id: u for u in await User.filter(id__in=[r["user_id"] for r in rows])}
+    rng = random.Random(round_)
+    leaving = rng.sample(rows, 40)
+    answered: dict[int, datetime] = {}
+
+    async def withdraw(row: dict) -> None:
+        resp = await client.get(f"/v1/users/{handles[row['user_id']].external_id}/links",
+                                headers=APP)
+        url = (await resp.json())["unsubscribe"]["newsletter"]
+        await asyncio.sleep(rng.random() * 0.3)
+        path = url.split("127.0.0.1:8080", 1)[1]
+        done = await client.post(path, data={"List-Unsubscribe": "One-Click"})
+        assert done.status == 200
+        answered[row["user_id"]] = store.now()
+
+    await asyncio.gather(drain(client), *(withdraw(r) for r in leaving))
+    await drain(client)
+    with orm:
+        for user_id, at in answered.items():
+            for d in await Delivery.filter(campaign_id=cid, user_id=user_id):
+                if d.status == "sent":
+                    assert d.checked_at <= at, "checked after the withdrawal, sent anyway"
+                else:
+                    assert (d.status, d.skip_reason) == ("skipped", "not_subscribed")
+    status = await (await client.get(f"/v1/campaigns/{cid}", headers=ADMIN)).json()
+    assert status["withdrawals"]["sent_after_withdrawal"] == 0
+    assert status["withdrawals"]["during"] == 40
+    assert sum(status["counts"].values()) == 80 and status["status"] == "done"
+
+
+async def test_campaign_progress_counts_one_click_unsubscribes_from_its_messages(client, orm,
+                                                                                settings):
+    with orm:
+        await populate(10, HASH_KEY)
+    made = await create(client, **NEWSLETTER)
+    await client.post(f"/v1/campaigns/{made['id']}/send", headers=ADMIN)
+    await drain(client)
+    [message, _] = outbox(settings)
+    url = message["List-Unsubscribe"].split("<", 1)[1].split(">", 1)[0]
+    started = time.monotonic()
+    resp = await client.post(url.split("127.0.0.1:8080", 1)[1],
+                             data={"List-Unsubscribe": "One-Click"})
+    assert resp.status == 200 and time.monotonic() - started < 5
+    status = await (await client.get(f"/v1/campaigns/{made['id']}", headers=ADMIN)).json()
+    assert status["unsubscribed"] == 1
+
