@@ -28,7 +28,7 @@ from notify.importer import ImportFileError, import_users
 from notify.jobs import jobs
 from notify.models import ConsentEvent
 from notify.postman import Postman
-from notify.sender import Sender
+from notify.sender import Sender, SenderBusy, only_sender
 from notify.settings import ConfigError, Settings, load_settings
 
 if __name__ == "__main__":
@@ -265,6 +265,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                     access_log_format='%a "%r" %s %b %Tfs')
     except OSError as exc:
         raise CliError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    except SenderBusy as exc:
+        raise CliError(str(exc)) from None
     return 0
 
 
@@ -276,9 +278,12 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, sender.stop)
-        print("notify worker running; stop with Ctrl-C or SIGTERM", flush=True)
         try:
-            await sender.run()
+            with only_sender(settings.database_url):
+                print("notify worker running; stop with Ctrl-C or SIGTERM", flush=True)
+                await sender.run()
+        except SenderBusy as exc:
+            raise CliError(str(exc)) from None
         finally:
             await channel.close()
         return 0

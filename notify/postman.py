@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import jinja2
@@ -30,6 +31,7 @@ from notify.models import (
     Delivery,
     DeliveryStatus,
     PolicyVersion,
+    Suppression,
     User,
 )
 from notify.settings import Settings
@@ -84,7 +86,8 @@ class Postman:
     async def deliver_due(self, limit: int = 50) -> int:
         """One batch of the sender's work: claim due deliveries and deliver them."""
         batch = await self.claim(limit)
-        await asyncio.gather(*(self.deliver(d) for d in batch))
+        if batch:
+            await self.deliver_batch(batch)
         return len(batch)
 
     async def claim(self, limit: int) -> list[Delivery]:
@@ -92,68 +95,79 @@ class Postman:
                            timedelta(seconds=self.settings.worker_lease_seconds))
 
     async def deliver(self, delivery: Delivery) -> None:
-        if store.now() > delivery.deadline:
-            # A claim taken over from a dead worker, or left too long: past its deadline.
-            await finish(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
-                               last_error=delivery.last_error or "deadline passed")
-            return
+        await self.deliver_batch([delivery])
+
+    async def deliver_batch(self, batch: list[Delivery]) -> None:
+        """Deliver claimed deliveries: what the checks need is read for the whole batch at
+        once, the messages go concurrently, and the outcomes are written in one statement.
+        """
         # Taken before the check reads anything: a withdrawal recorded before this moment
         # is always seen by the check (the campaign status measures the rest).
         checked_at = store.now()
+        known = await _Batch.load(self.settings, batch)
+        await asyncio.gather(*(self._deliver_one(d, known, checked_at) for d in batch))
+        now = store.now()
+        for delivery in batch:
+            delivery.lease_until = None
+            delivery.updated_at = now
+        await Delivery.bulk_update(batch, fields=_OUTCOME_FIELDS)
+
+    async def _deliver_one(self, delivery: Delivery, known: _Batch, checked_at: datetime
+                           ) -> None:
+        """Decide, compose and send one delivery; the outcome goes onto the object."""
+        if store.now() > delivery.deadline:
+            # A claim taken over from a dead worker, or left too long: past its deadline.
+            _outcome(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
+                     last_error=delivery.last_error or "deadline passed")
+            return
         try:
-            envelope = await self._prepare(delivery)
+            envelope = await self._prepare(delivery, known)
         except _Hold:
             # Its campaign was paused meanwhile: wait for resume, no attempt used.
-            await finish(delivery, DeliveryStatus.HELD)
+            _outcome(delivery, DeliveryStatus.HELD)
             return
         except _Skip as skip:
             status = (DeliveryStatus.CANCELLED if skip.reason is eligibility.SkipReason.CANCELLED
                       else DeliveryStatus.SKIPPED)
-            await finish(delivery, status, skip_reason=skip.reason, checked_at=checked_at)
+            _outcome(delivery, status, skip_reason=skip.reason, checked_at=checked_at)
             return
         except jinja2.TemplateError as exc:
             # Trying again renders the same error: fail now, with the template's words.
-            await finish(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
-                               last_error=f"template error: {exc}")
+            _outcome(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
+                     last_error=f"template error: {exc}")
             return
         except Exception as exc:
             # A message that cannot be built now will not build later: record why, never
             # leave it claimed to be retried for ever.
             log.exception("delivery %s cannot be composed", delivery.id)
-            await finish(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
-                               last_error=f"cannot compose: {exc!r}"[:500])
+            _outcome(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
+                     last_error=f"cannot compose: {exc!r}"[:500])
             return
         try:
             receipt = await self.channel.send(envelope)
         except DeliveryError as exc:
             await self._failed(delivery, exc, envelope.rcpt_to[0])
             return
-        await finish(delivery, DeliveryStatus.SENT, sent_at=store.now(),
-                     provider_ref=receipt.reference, attempts=delivery.attempts + 1,
-                     checked_at=checked_at)
+        _outcome(delivery, DeliveryStatus.SENT, sent_at=store.now(),
+                 provider_ref=receipt.reference, attempts=delivery.attempts + 1,
+                 checked_at=checked_at)
 
-    async def _prepare(self, delivery: Delivery) -> Envelope:
+    async def _prepare(self, delivery: Delivery, known: _Batch) -> Envelope:
         settings = self.settings
-        campaign = policy = None
-        if delivery.campaign_id is not None:
-            campaign = await Campaign.get(id=delivery.campaign_id)
+        campaign = known.campaigns.get(delivery.campaign_id)
+        if campaign is not None:
             if campaign.status == CampaignStatus.CANCELLED:
                 raise _Skip(eligibility.SkipReason.CANCELLED)
             if campaign.status == CampaignStatus.PAUSED:
                 raise _Hold()
-        if delivery.notice_of_id is not None:
-            policy = await PolicyVersion.get(id=delivery.notice_of_id)
-        user = await User.get(id=delivery.user_id)
+        policy = known.policies.get(delivery.notice_of_id)
+        user = known.users[delivery.user_id]
         topic = settings.topics.get(delivery.topic) if delivery.topic else None
-        consent = None
-        if delivery.topic:
-            consent = await Consent.get_or_none(user_id=user.id, topic=delivery.topic)
-        suppressed = bool(user.email) and await store.is_suppressed(
-            settings.hash_key, AddressKind.EMAIL, user.email)
+        state = known.states.get((user.id, delivery.topic)) if delivery.topic else None
         who = eligibility.Recipient(
             erased=user.erased_at is not None, address=user.email,
-            verified=user.email_verified, suppressed=suppressed,
-            state=ConsentState(consent.state) if consent else None)
+            verified=user.email_verified, suppressed=known.is_suppressed(user),
+            state=ConsentState(state) if state else None)
         notice = eligibility.Notice(material=policy.material) if policy else None
         reason = eligibility.skip_reason(delivery.kind, delivery.topic, topic, who, notice)
         if reason is not None:
@@ -237,20 +251,72 @@ class Postman:
         attempts = delivery.attempts + 1
         if exc.temporary and store.now() + pause_after(attempts) < delivery.deadline:
             log.info("delivery %s: temporary failure, retrying: %s", delivery.id, exc.detail)
-            await finish(delivery, DeliveryStatus.QUEUED, attempts=attempts,
-                               last_error=exc.detail,
-                               next_attempt_at=store.now() + pause_after(attempts))
+            _outcome(delivery, DeliveryStatus.QUEUED, attempts=attempts, last_error=exc.detail,
+                     next_attempt_at=store.now() + pause_after(attempts))
             return
         log.warning("delivery %s failed: %s", delivery.id, exc.detail)
-        await finish(delivery, DeliveryStatus.FAILED, attempts=attempts,
-                           last_error=exc.detail)
+        _outcome(delivery, DeliveryStatus.FAILED, attempts=attempts, last_error=exc.detail)
         if exc.is_unknown_address:
             # An unknown mailbox at send time is a hard bounce: never again to it.
             from notify import bounces
 
-            await bounces.record_bounce(self.settings, delivery, address, permanent=True,
+            # No delivery named: it stays "failed" (refused at send time), not "bounced".
+            await bounces.record_bounce(self.settings, None, address, permanent=True,
                                         detail=exc.detail)
 
+
+#: What delivering writes back to a delivery row (in one statement per batch).
+_OUTCOME_FIELDS = ("status", "skip_reason", "attempts", "last_error", "next_attempt_at",
+                   "sent_at", "provider_ref", "checked_at", "lease_until", "updated_at")
+
+
+def _outcome(delivery: Delivery, status: DeliveryStatus, **values: Any) -> None:
+    delivery.status = status
+    for name, value in values.items():
+        setattr(delivery, name, value)
+
+
+@dataclass
+class _Batch:
+    """What the eligibility checks of one batch need, read with a handful of queries."""
+
+    hash_key: bytes
+    users: dict[int, User]
+    states: dict[tuple[int, str], str]  # (user id, topic) -> consent state
+    suppressed: set[str]  # email hashes
+    campaigns: dict[int | None, Campaign]
+    policies: dict[int | None, PolicyVersion]
+
+    @classmethod
+    async def load(cls, settings: Settings, batch: list[Delivery]) -> _Batch:
+        user_ids = {d.user_id for d in batch}
+        users = {u.id: u for u in await User.filter(id__in=user_ids)}
+        topics = {d.topic for d in batch if d.topic}
+        states = {}
+        if topics:
+            rows = await Consent.filter(user_id__in=user_ids, topic__in=topics).values_list(
+                "user_id", "topic", "state")
+            states = {(user_id, topic): state for user_id, topic, state in rows}
+        hashes = {_email_hash(settings.hash_key, u) for u in users.values() if u.email}
+        suppressed = set(await Suppression.filter(
+            kind=AddressKind.EMAIL, address_hash__in=hashes).values_list(
+            "address_hash", flat=True)) if hashes else set()
+        campaign_ids = {d.campaign_id for d in batch if d.campaign_id is not None}
+        policy_ids = {d.notice_of_id for d in batch if d.notice_of_id is not None}
+        campaigns = ({c.id: c for c in await Campaign.filter(id__in=campaign_ids)}
+                     if campaign_ids else {})
+        policies = ({p.id: p for p in await PolicyVersion.filter(id__in=policy_ids)}
+                    if policy_ids else {})
+        await store.give_handles([u for u in users.values() if u.handle is None])
+        return cls(settings.hash_key, users, states, suppressed, campaigns, policies)
+
+    def is_suppressed(self, user: User) -> bool:
+        return bool(user.email) and _email_hash(self.hash_key, user) in self.suppressed
+
+
+def _email_hash(hash_key: bytes, user: User) -> str:
+    # Kept on the row by store.save_user; computed for a row written some other way.
+    return user.email_hash or store.address_hash(hash_key, AddressKind.EMAIL, user.email)
 
 
 async def claim(channel: str, limit: int, lease: timedelta = LEASE) -> list[Delivery]:
@@ -282,11 +348,15 @@ async def claim(channel: str, limit: int, lease: timedelta = LEASE) -> list[Deli
         taken_over = [d.id for d in rows if d.status == DeliveryStatus.SENDING]
         if taken_over:
             await Delivery.filter(id__in=taken_over).update(takeovers=F("takeovers") + 1)
+    for row in rows:
+        if row.status == DeliveryStatus.SENDING:
+            row.takeovers += 1
+        row.status, row.lease_until = DeliveryStatus.SENDING, now + lease
     return rows
 
 
 async def finish(delivery: Delivery, status: DeliveryStatus, **values: Any) -> None:
-    """Record the outcome of a claimed delivery and give up its lease."""
+    """Record the outcome of one claimed delivery and give up its lease."""
     await Delivery.filter(id=delivery.id).update(status=status, lease_until=None, **values)
 
 

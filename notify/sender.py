@@ -1,17 +1,21 @@
 """The sender: the background loop that ``notify worker`` runs, and ``notify serve`` too
 unless ``--no-sender``.
 
-It owns polling, stopping and error isolation. The delivery outbox it will drain (claim
-due deliveries, re-check eligibility, send, record) is built by the campaigns issue; until
-then each pass finds no work. Any number of workers may run over one PostgreSQL database.
+It owns polling, stopping and error isolation; its jobs (``notify.jobs``) start scheduled
+campaigns, drain the outbox, guard reputations and finish campaigns. Any number of workers
+may run over one PostgreSQL database (claims are leases taken with SKIP LOCKED); SQLite
+has one writer, so one sender runs per SQLite file and a second one is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,40 @@ class Sender:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+class SenderBusy(Exception):
+    """A second sender on one SQLite database."""
+
+
+@contextlib.contextmanager
+def only_sender(database_url: str) -> Iterator[None]:
+    """On SQLite, hold a lock file beside the database while a sender runs.
+
+    SQLite has one writer: a second sender would only queue behind the first and make
+    both slower, so it is refused with a message saying why. PostgreSQL needs no lock.
+    """
+    if not database_url.startswith("sqlite://") or database_url.endswith(":memory:"):
+        yield
+        return
+    path = Path(database_url.removeprefix("sqlite://").split("?", 1)[0] + ".sender.lock")
+    handle = path.open("a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            raise SenderBusy(
+                f"another sender (pid {owner}) already runs on this SQLite database; SQLite "
+                "runs one sender: use PostgreSQL for more workers, or start the web "
+                "service with --no-sender") from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing releases the lock
 
 
 @contextlib.asynccontextmanager

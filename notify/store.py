@@ -103,7 +103,8 @@ async def save_user(
             user = await User.select_for_update().get_or_none(external_id=external_id)
             await _check_addresses_free(user, fields)
             if user is None:
-                user = User(external_id=external_id, **{**USER_DEFAULTS, **fields})
+                user = User(external_id=external_id, handle=new_handle(),
+                            **{**USER_DEFAULTS, **fields})
                 _derive(user, hash_key)
                 await user.save()
                 return user, True
@@ -280,10 +281,21 @@ async def erase_user(
                                                       provider_ref=None)
 
 
+def new_handle() -> str:
+    return secrets.token_urlsafe(16)
+
+
+async def give_handles(users: list[User]) -> None:
+    """Give each of ``users`` a link handle if it has none (users written before handles
+    were made at creation; new users get theirs in save_user)."""
+    for user in users:
+        await handle_for(user)
+
+
 async def handle_for(user: User) -> str:
     """The user's opaque link handle, made on first use."""
     if user.handle is None:
-        candidate = secrets.token_urlsafe(16)
+        candidate = new_handle()
         # Only fills an empty handle: two requests racing both read back the winner's.
         await User.filter(id=user.id, handle__isnull=True).update(handle=candidate)
         user.handle = (await User.get(id=user.id).only("handle")).handle

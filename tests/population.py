@@ -26,18 +26,20 @@ PROFILES = (
 TOPICS = ("newsletter", "email_notifications", "sms_notifications")
 
 
-async def populate(count: int, hash_key: bytes, prefix: str = "u") -> dict[str, str]:
-    """``count`` users cycling through PROFILES; returns external id -> profile."""
+async def populate(count: int, hash_key: bytes, prefix: str = "u",
+                   cycle: tuple[str, ...] = PROFILES) -> dict[str, str]:
+    """``count`` users cycling through ``cycle``; returns external id -> profile."""
     now = store.now()
     users, profiles = [], {}
     for i in range(count):
-        profile = PROFILES[i % len(PROFILES)]
+        profile = cycle[i % len(cycle)]
         external = f"{prefix}{i:06d}"
         profiles[external] = profile
         email = None if profile in ("erased", "no_email") else f"{external}@example.com"
         phone = f"+4915{i % 10_000_000:08d}" if profile != "erased" else None
         users.append(User(
             external_id=external if profile != "erased" else f"erased:{external}",
+            handle=store.new_handle(),
             email=email, email_verified=profile != "unverified",
             email_hash=store.address_hash(hash_key, AddressKind.EMAIL, email) if email else None,
             phone=phone, phone_verified=True,

@@ -13,7 +13,7 @@ from notify.channels.factory import email_channel, signer
 from notify.db import apply_migrations, close_db, open_db
 from notify.jobs import jobs
 from notify.postman import Postman
-from notify.sender import Sender, running
+from notify.sender import Sender, only_sender, running
 from notify.settings import Settings
 from notify.web.endpoints import DB, LIMITER, POSTMAN, SETTINGS, openapi
 from notify.web.pages_routes import PAGES
@@ -88,8 +88,9 @@ async def _postman(app: web.Application) -> AsyncIterator[None]:
 
 async def _sender(app: web.Application) -> AsyncIterator[None]:
     app[SENDER] = Sender(jobs=jobs(app[SETTINGS], app[POSTMAN]))
-    async with running(app[SENDER]):
-        yield
+    with only_sender(app[SETTINGS].database_url):
+        async with running(app[SENDER]):
+            yield
 
 
 #: Sent with every response. The pages carry a one-click unsubscribe button and tokens in

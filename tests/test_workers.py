@@ -1,0 +1,161 @@
+"""Real worker processes over one database: two share a campaign without sending anything
+twice, a worker killed with SIGKILL loses nothing, and SQLite refuses a second sender."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from population import populate
+from support import HASH_KEY, environ_for, in_db
+from test_cli import CLI, clean_env, start, stop, wait_for_line
+
+from notify import campaigns
+from notify.db import apply_migrations, close_db, open_db
+from notify.models import Campaign, Delivery
+from notify.settings import load_settings
+
+
+def worker(env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
+    """A ``notify worker`` whose log goes to a file (a full pipe would block it)."""
+    with log.open("a") as stderr:  # the child keeps its own copy
+        return subprocess.Popen([*CLI, "worker"], env=env, cwd=cwd, stdout=subprocess.PIPE,
+                                stderr=stderr, text=True)
+
+
+def prepare(url: str, data: Path, users: int) -> tuple[dict[str, str], int]:
+    """A migrated database with ``users`` subscribers and a sending newsletter campaign."""
+    env = clean_env(**environ_for(url, data, NOTIFY_WORKER_LEASE_SECONDS="3"))
+    settings = load_settings(environ=env)
+
+    async def go() -> int:
+        ctx = await open_db(url)
+        try:
+            await apply_migrations(ctx)
+            with ctx:
+                await populate(users, HASH_KEY, cycle=("subscribed",))
+                campaign = await campaigns.create(settings, campaigns.Spec(
+                    name="load", kind="newsletter", topic="newsletter",
+                    variables={"subject": "News", "body": "Hello"}), "test")
+                await campaigns.send(settings, campaign.id, "test")
+                return campaign.id
+        finally:
+            await close_db(ctx)
+
+    return env, asyncio.run(go())
+
+
+def open_count(url: str, campaign_id: int) -> int:
+    async def count() -> int:
+        return await Delivery.filter(campaign_id=campaign_id,
+                                     status__in=campaigns.OPEN).count()
+    return in_db(url, count)
+
+
+def wait_until(condition, what: str, procs: list, timeout: float = 240) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        for proc in procs:
+            if proc.poll() is not None:
+                pytest.fail(f"a worker exited early with {proc.returncode}")
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def recipients(outbox: Path) -> Counter:
+    found: Counter = Counter()
+    for path in outbox.glob("*.eml"):
+        message = email.message_from_bytes(path.read_bytes())
+        found[message["To"]] += 1
+    return found
+
+
+def progress_of(url: str, campaign_id: int) -> campaigns.Progress:
+    async def read() -> campaigns.Progress:
+        campaign = await Campaign.get(id=campaign_id)
+        await campaigns.finish_done()
+        return await campaigns.progress(await Campaign.get(id=campaign.id))
+    return in_db(url, read)
+
+
+@pytest.mark.postgres
+def test_two_workers_send_a_20000_user_campaign_once_each(fresh_pg_database, tmp_path):
+    url = fresh_pg_database()
+    env, campaign_id = prepare(url, tmp_path / "data", 20_000)
+    logs = tmp_path / "workers.log"
+    procs = [worker(env, tmp_path, logs) for _ in range(2)]
+    try:
+        for proc in procs:
+            wait_for_line(proc, "notify worker running")
+        wait_until(lambda: open_count(url, campaign_id) == 0, "the campaign to drain", procs)
+    finally:
+        outcomes = [stop(proc) for proc in procs]
+    assert [code for code, _, _ in outcomes] == [0, 0], logs.read_text()[-3000:]
+    got = recipients(tmp_path / "data" / "outbox")
+    assert len(got) == 20_000, "every subscriber got the newsletter"
+    assert set(got.values()) == {1}, "nobody got it twice"
+    found = progress_of(url, campaign_id)
+    assert found.counts == {"sent": 20_000} and found.possible_duplicates == 0
+    assert found.campaign.status == "done"
+    # Both workers did part of the work (claims are shared, not one worker's alone).
+    assert "Traceback" not in logs.read_text()
+
+
+@pytest.mark.postgres
+def test_a_worker_killed_mid_campaign_loses_nothing(fresh_pg_database, tmp_path):
+    url = fresh_pg_database()
+    users = 4000
+    env, campaign_id = prepare(url, tmp_path / "data", users)
+    logs = tmp_path / "workers.log"
+    first = worker(env, tmp_path, logs)
+    wait_for_line(first, "notify worker running")
+    wait_until(lambda: open_count(url, campaign_id) < users * 0.7, "some progress", [first])
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(10)
+    first.stdout.close()
+    stranded = open_count(url, campaign_id)
+    assert stranded > 0
+    second = worker(env, tmp_path, logs)
+    try:
+        wait_for_line(second, "notify worker running")
+        # Its claims expire after the lease (3 s here); the new worker takes them over.
+        wait_until(lambda: open_count(url, campaign_id) == 0, "the rest", [second])
+    finally:
+        code, _, _ = stop(second)
+    assert code == 0
+    got = recipients(tmp_path / "data" / "outbox")
+    assert len(got) == users, "every eligible user was served"
+    found = progress_of(url, campaign_id)
+    assert found.counts == {"sent": users}
+    twice = sum(1 for n in got.values() if n > 1)
+    # Only messages in flight at the kill can have gone twice, and the status says how many
+    # might have.
+    assert twice <= found.possible_duplicates <= 50 * 2
+    assert found.campaign.status == "done"
+
+
+def test_sqlite_refuses_a_second_sender_with_one_line(tmp_path):
+    env = clean_env(**environ_for(f"sqlite://{tmp_path / 'notify.sqlite3'}",
+                                  tmp_path / "data"))
+    first = start(["worker"], env, tmp_path)
+    try:
+        wait_for_line(first, "notify worker running")
+        second = subprocess.run([*CLI, "worker"], env=env, cwd=tmp_path, capture_output=True,
+                                text=True, timeout=60)
+    finally:
+        code, _, err = stop(first)
+    assert code == 0, err
+    assert second.returncode == 1
+    assert "Traceback" not in second.stderr
+    last = second.stderr.strip().splitlines()[-1]
+    assert last.startswith("notify: ") and "SQLite runs one sender" in last
+    assert f"pid {first.pid}" in last
