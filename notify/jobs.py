@@ -6,14 +6,18 @@ from notify import store
 from notify.postman import Postman
 from notify.sender import Job
 from notify.settings import Settings
+from notify.sms.courier import SmsCourier
 
 
-def jobs(settings: Settings, postman: Postman) -> list[Job]:
+def jobs(settings: Settings, postman: Postman, courier: SmsCourier | None = None) -> list[Job]:
     async def deliver_email() -> int:
         return await postman.deliver_due()
+
+    async def deliver_sms() -> int:
+        return await courier.deliver_due() if courier is not None else 0
 
     async def expire_pending() -> int:
         return await store.expire_pending(settings.topics, days=settings.pending_days,
                                           default_policy=settings.policy_version)
 
-    return [deliver_email, expire_pending]
+    return [deliver_email, deliver_sms, expire_pending]
