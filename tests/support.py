@@ -14,6 +14,7 @@ APP_KEY = "app-key-0123456789abcdef"
 ADMIN_KEY = "admin-key-0123456789abcdef"
 APP = {"Authorization": f"Bearer {APP_KEY}"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+HASH_KEY = b"h" * 32  # NOTIFY_HASH_KEY of environ_for
 TABLES = ("deliveries", "campaigns", "audit_log", "bounce_scores", "consent_events", "consents",
           "suppressions",
           "policy_versions", "users")
@@ -25,7 +26,7 @@ def environ_for(database_url: str, data_dir: Path, **extra: str) -> dict[str, st
         "NOTIFY_DATA_DIR": str(data_dir),
         "NOTIFY_API_KEYS": f"app:{APP_KEY},admin:{ADMIN_KEY}",
         "NOTIFY_SECRET_KEYS": "k1:" + "s" * 40,
-        "NOTIFY_HASH_KEY": "h" * 32,
+        "NOTIFY_HASH_KEY": HASH_KEY.decode(),
         "NOTIFY_PUBLIC_URL": "http://127.0.0.1:8080",
         **extra,
     }

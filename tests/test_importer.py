@@ -86,11 +86,10 @@ def user_ids(database_url: str) -> list[str]:
 
 def counts(database_url: str) -> dict[str, int]:
     async def read() -> dict[str, int]:
-        from notify.models import BounceScore, Delivery, PolicyVersion, Suppression
+        from tortoise import Tortoise
 
-        models = (Delivery, BounceScore, ConsentEvent, Consent, Suppression, PolicyVersion,
-                  User)
-        return {t: await m.all().count() for t, m in zip(TABLES, models, strict=True)}
+        by_table = {m._meta.db_table: m for m in Tortoise.apps["models"].values()}
+        return {t: await by_table[t].all().count() for t in TABLES}
 
     return in_db(database_url, read)
 
