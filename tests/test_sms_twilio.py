@@ -146,6 +146,30 @@ async def test_an_unreachable_twilio_is_a_temporary_failure(aiohttp_client, data
     assert "connection to Twilio failed" in waiting.last_error
 
 
+async def test_a_non_json_gateway_error_is_temporary(texter):
+    client, courier, fake, settings = texter
+    fake.replies.append((502, "<html><body>Bad Gateway</body></html>"))
+    delivery = await notification(courier)
+    assert await courier.deliver_due() == 1
+    waiting = await Delivery.get(id=delivery.id)
+    assert waiting.status == DeliveryStatus.QUEUED and "502" in waiting.last_error
+
+
+async def test_a_stalled_twilio_times_out_as_a_temporary_failure(texter):
+    client, courier, fake, settings = texter
+    fake.stall = 2.0
+    channel = TwilioSmsChannel(settings, timeout=0.2)
+    try:
+        slow = SmsCourier(settings, channel)
+        delivery = await notification(slow)
+        assert await slow.deliver_due() == 1
+    finally:
+        await channel.close()
+    waiting = await Delivery.get(id=delivery.id)
+    assert waiting.status == DeliveryStatus.QUEUED and waiting.attempts == 1
+    assert "connection to Twilio failed" in waiting.last_error
+
+
 async def test_21610_suppresses_the_number_and_withdraws_sms_consent(texter):
     client, courier, fake, settings = texter
     fake.replies.append(error(400, 21610, "Attempt to send to unsubscribed recipient"))

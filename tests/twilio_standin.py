@@ -6,6 +6,7 @@ library to talk to over loopback: form-encoded POSTs to
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
 from dataclasses import dataclass, field
@@ -26,7 +27,8 @@ class StandIn:
     """Records each request; ``replies`` (status, JSON) are used up one per request."""
 
     received: list[dict] = field(default_factory=list)
-    replies: list[tuple[int, dict]] = field(default_factory=list)
+    replies: list[tuple[int, dict | str]] = field(default_factory=list)
+    stall: float = 0.0  # seconds to wait before answering, to try the client's timeout
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -43,8 +45,12 @@ class StandIn:
         if (scheme, user, password) != ("Basic", ACCOUNT_SID, AUTH_TOKEN):
             status, body = error(401, 20003, "Authenticate")
             return web.json_response(body, status=status)
+        if self.stall:
+            await asyncio.sleep(self.stall)
         if self.replies:
             status, body = self.replies.pop(0)
+            if isinstance(body, str):  # a proxy's or load balancer's page, not Twilio's
+                return web.Response(text=body, status=status, content_type="text/html")
             return web.json_response(body, status=status)
         sid = "SM" + uuid.uuid4().hex
         return web.json_response({

@@ -39,7 +39,11 @@ class TwilioSmsChannel:
         asyncio.get_running_loop()
         self.settings = settings
         self.timeout = timeout
-        self._http = AsyncTwilioHttpClient(logger=logging.getLogger("notify.twilio.http"))
+        # The library logs every request and response at INFO (URL, headers): one line of
+        # ours per message is enough, so its chatter is kept to warnings.
+        http_log = logging.getLogger("notify.twilio.http")
+        http_log.setLevel(logging.WARNING)
+        self._http = AsyncTwilioHttpClient(logger=http_log)
         self._client = Client(settings.twilio_account_sid, settings.twilio_auth_token,
                               http_client=self._http)
         self._client.api.base_url = settings.twilio_api_base
