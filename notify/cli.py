@@ -21,6 +21,7 @@ from tortoise.exceptions import OperationalError
 
 from notify import __version__, store
 from notify.channels.factory import email_channel, signer
+from notify.channels.sms import sms_channel
 from notify.consent import ConsentSource
 from notify.db import apply_migrations, close_db, open_db, tortoise_config
 from notify.errors import NotifyError
@@ -30,6 +31,7 @@ from notify.models import ConsentEvent
 from notify.postman import Postman
 from notify.sender import Sender, SenderBusy, only_sender
 from notify.settings import ConfigError, Settings, load_settings
+from notify.sms.courier import SmsCourier
 
 if __name__ == "__main__":
     # Run as ``python -m notify.cli``: lazily loaded commands import ``notify.cli`` and must
@@ -159,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--locale", default="en", help="en or de (default en)")
     preview.add_argument("--out", type=Path, metavar="FILE.html",
                          help="write the HTML here (default: print the text part)")
+    preview.add_argument("--channel", choices=("email", "sms"), default="email",
+                         help="email (default) or sms: an SMS kind is printed with its "
+                         "segment count, and refused if its longest allowed values could "
+                         "exceed NOTIFY_SMS_MAX_SEGMENTS")
     preview.set_defaults(run=_lazy("notify.preview", "cmd_preview"))
     return parser
 
@@ -274,7 +280,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     async def work(ctx) -> int:  # noqa: ANN001
         await apply_migrations(ctx)
         channel = email_channel(settings)
-        sender = Sender(jobs=jobs(settings, Postman(settings, channel, signer(settings))))
+        texts = sms_channel(settings)  # inside the loop: the Twilio client needs one
+        sender = Sender(jobs=jobs(settings, Postman(settings, channel, signer(settings)),
+                                  SmsCourier(settings, texts)))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, sender.stop)
@@ -286,6 +294,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             raise CliError(str(exc)) from None
         finally:
             await channel.close()
+            await texts.close()
         return 0
 
     _ensure_data_dir(settings)

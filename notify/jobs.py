@@ -6,14 +6,18 @@ from notify import campaigns, store
 from notify.postman import Postman
 from notify.sender import Job
 from notify.settings import Settings
+from notify.sms.courier import SmsCourier
 
 
-def jobs(settings: Settings, postman: Postman) -> list[Job]:
+def jobs(settings: Settings, postman: Postman, courier: SmsCourier | None = None) -> list[Job]:
     async def start_campaigns() -> int:
         return await campaigns.start_scheduled(settings)
 
     async def deliver_email() -> int:
         return await postman.deliver_due()
+
+    async def deliver_sms() -> int:
+        return await courier.deliver_due() if courier is not None else 0
 
     async def guard_campaigns() -> int:
         # Counted as no work: the loop should not spin faster because a guard looked.
@@ -28,4 +32,5 @@ def jobs(settings: Settings, postman: Postman) -> list[Job]:
         return await store.expire_pending(settings.topics, days=settings.pending_days,
                                           default_policy=settings.policy_version)
 
-    return [start_campaigns, deliver_email, guard_campaigns, finish_campaigns, expire_pending]
+    return [start_campaigns, deliver_email, deliver_sms, guard_campaigns, finish_campaigns,
+            expire_pending]

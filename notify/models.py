@@ -18,6 +18,7 @@ class SuppressionReason(StrEnum):
     COMPLAINT = "complaint"  # the recipient reported our mail as spam
     CARRIER_OPT_OUT = "carrier_opt_out"  # the carrier says the number replied STOP
     MANUAL = "manual"  # support blocked the address on request
+    INVALID_NUMBER = "invalid_number"  # Twilio 21211/21614: not a valid mobile number
 
 
 class AddressKind(StrEnum):

@@ -17,10 +17,12 @@ import secrets
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -135,6 +137,12 @@ class Settings:
     max_body_bytes: int
     log_level: str
     topics: Mapping[str, Topic]
+    # SMS (issue #5): sender pool, quiet hours and length limit.
+    twilio_messaging_service_sid: str = ""
+    sms_quiet_start: time = time(21, 0)
+    sms_quiet_end: time = time(8, 0)
+    sms_default_time_zone: str = "UTC"
+    sms_max_segments: int = 2
     #: True when some keys were generated for development rather than configured.
     dev_keys: bool = False
 
@@ -196,6 +204,12 @@ KEYS: dict[str, Any] = {
     "pending_days": 7,
     "max_body_bytes": 65536,
     "log_level": "INFO",
+    # SMS (issue #5)
+    "twilio_messaging_service_sid": "",
+    "sms_quiet_start": "21:00",
+    "sms_quiet_end": "08:00",
+    "sms_default_time_zone": "UTC",
+    "sms_max_segments": 2,
 }
 
 _TOPIC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -314,6 +328,7 @@ def _build(raw: dict[str, Any], topics_raw: dict[str, Any]) -> Settings:
         if not Path(ed25519).expanduser().is_file():
             raise ConfigError(f"{env_name('dkim_ed25519_key_file')}: no such file {ed25519}")
         s["dkim_ed25519_key_file"] = Path(ed25519).expanduser()
+    _sms(s, value)
     _require_for_transports(s)
     s["topics"] = _topics(topics_raw)
 
@@ -404,13 +419,42 @@ def _require_for_transports(s: dict[str, Any]) -> None:
     if s["email_transport"] == "smtp":
         needs += ["smtp_host", "postal_address"]
     if s["sms_transport"] == "twilio":
-        needs += ["twilio_account_sid", "twilio_auth_token", "twilio_from"]
+        needs += ["twilio_account_sid", "twilio_auth_token"]
+        if not s["twilio_from"] and not s["twilio_messaging_service_sid"]:
+            # Twilio needs a sender: a number of ours, or a Messaging Service's pool.
+            needs.append("twilio_from")
     for key in needs:
         if not s[key]:
             raise ConfigError(f"{env_name(key)}: required with the chosen transport")
     if bool(s["smtp_username"]) != bool(s["smtp_password"]):
         key = "smtp_password" if s["smtp_username"] else "smtp_username"
         raise ConfigError(f"{env_name(key)}: SMTP username and password go together")
+
+
+def _sms(s: dict[str, Any], value: dict[str, Any]) -> None:
+    """The SMS settings of issue #5: a Messaging Service, quiet hours, a length limit."""
+    sid = _text(value["twilio_messaging_service_sid"]).strip()
+    if sid and not re.fullmatch(r"MG[0-9a-fA-F]{32}", sid):
+        raise ConfigError(f"{env_name('twilio_messaging_service_sid')}: must be MG followed "
+                          "by 32 hexadecimal digits")
+    s["twilio_messaging_service_sid"] = sid
+    for key in ("sms_quiet_start", "sms_quiet_end"):
+        s[key] = _clock(key, value[key])
+    zone = _text(value["sms_default_time_zone"]).strip()
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{env_name('sms_default_time_zone')}: not an IANA time zone such "
+                          f"as Europe/Berlin (got {zone!r})") from None
+    s["sms_default_time_zone"] = zone
+    s["sms_max_segments"] = _integer("sms_max_segments", value["sms_max_segments"], 1, 10)
+
+
+def _clock(key: str, value: Any) -> time:
+    match = re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)", _text(value).strip())
+    if match is None:
+        raise ConfigError(f"{env_name(key)}: must be a time of day HH:MM, 00:00 to 23:59")
+    return time(int(match[1]), int(match[2]))
 
 
 def _is_production(s: dict[str, Any]) -> bool:

@@ -10,16 +10,19 @@ from aiohttp import web
 from tortoise.context import set_global_context
 
 from notify.channels.factory import email_channel, signer
+from notify.channels.sms import sms_channel
 from notify.db import apply_migrations, close_db, open_db
 from notify.jobs import jobs
 from notify.postman import Postman
 from notify.sender import Sender, only_sender, running
 from notify.settings import Settings
+from notify.sms.courier import SmsCourier
 from notify.web.endpoints import DB, LIMITER, POSTMAN, SETTINGS, openapi
 from notify.web.pages_routes import PAGES
 from notify.web.problems import Handler, problem_middleware
 from notify.web.ratelimit import Limiter
 from notify.web.routes import ENDPOINTS
+from notify.web.twilio_hooks import ROUTES as TWILIO_ROUTES
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +39,16 @@ def make_app(
     app[LIMITER] = Limiter()
     app.cleanup_ctx.append(_database(settings, migrate=migrate))
     app.cleanup_ctx.append(_postman)
+    app.cleanup_ctx.append(_courier)
     if start_sender:
         app.cleanup_ctx.append(_sender)
     for endpoint in ENDPOINTS:
         app.router.add_route(endpoint.method, endpoint.path, endpoint.handler())
     for method, path, page in PAGES:
         app.router.add_route(method, path, page)
+    # Form-encoded and signed by Twilio: plain routes, outside the JSON endpoint table.
+    for method, path, hook in TWILIO_ROUTES:
+        app.router.add_route(method, path, hook)
     spec = json.dumps(openapi(ENDPOINTS, settings.public_url))
 
     async def openapi_json(request: web.Request) -> web.Response:
@@ -74,6 +81,7 @@ def _database(settings: Settings, *, migrate: bool) -> Callable[[web.Application
 
 
 SENDER = web.AppKey("sender", Sender)
+COURIER = web.AppKey("courier", SmsCourier)
 
 
 async def _postman(app: web.Application) -> AsyncIterator[None]:
@@ -86,8 +94,18 @@ async def _postman(app: web.Application) -> AsyncIterator[None]:
         await channel.close()
 
 
+async def _courier(app: web.Application) -> AsyncIterator[None]:
+    # Built here, inside the running loop: the Twilio client opens an aiohttp session.
+    channel = sms_channel(app[SETTINGS])
+    app[COURIER] = SmsCourier(app[SETTINGS], channel)
+    try:
+        yield
+    finally:
+        await channel.close()
+
+
 async def _sender(app: web.Application) -> AsyncIterator[None]:
-    app[SENDER] = Sender(jobs=jobs(app[SETTINGS], app[POSTMAN]))
+    app[SENDER] = Sender(jobs=jobs(app[SETTINGS], app[POSTMAN], app[COURIER]))
     with only_sender(app[SETTINGS].database_url):
         async with running(app[SENDER]):
             yield

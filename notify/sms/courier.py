@@ -1,0 +1,144 @@
+"""The courier: turns queued SMS deliveries into sent texts, the SMS twin of the postman.
+
+It shares the postman's outbox machinery (``postman.claim``, ``postman.finish``,
+``postman.pause_after``), so both channels lease, retry and give up the same way. For
+each delivery it asks the eligibility rule again with the phone as the address, holds
+the text back during the recipient's quiet hours, renders and measures it, sends it and
+records the outcome. Twilio's verdicts on the number (21610, 21211, 21614) also suppress
+it, and 21610 withdraws SMS consent (``notify.sms.actions``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import jinja2
+
+from notify import eligibility, i18n, postman, store
+from notify.channels import DeliveryError
+from notify.channels.sms import SmsChannel, SmsMessage
+from notify.consent import ConsentState
+from notify.errors import InvalidRequest
+from notify.models import AddressKind, Consent, Delivery, DeliveryStatus, User
+from notify.settings import Channel, Settings, TopicKind
+from notify.sms import actions, mask, quiet, texts
+
+log = logging.getLogger(__name__)
+
+STATUS_PATH = "/webhooks/twilio/status"
+
+
+class SmsCourier:
+    """``clock`` is the time source (``store.now``); tests pass a fixed one to drive quiet
+    hours and deadlines with explicit times instead of sleeping."""
+
+    def __init__(self, settings: Settings, channel: SmsChannel, *,
+                 clock: Callable[[], datetime] = store.now) -> None:
+        self.settings = settings
+        self.channel = channel
+        self.clock = clock
+
+    async def enqueue(self, user: User, kind: str, *, topic: str | None = None,
+                      context: dict[str, Any] | None = None) -> Delivery:
+        """Queue one SMS. Refuses at once what could never be sent: a kind without an SMS
+        template, a missing or over-long variable, a topic of another channel."""
+        context = dict(context or {})
+        texts.check_context(kind, context)
+        known = self.settings.topics.get(topic) if topic else None
+        if known is not None and known.channel is not Channel.SMS:
+            raise InvalidRequest(f"the topic {topic!r} is not an SMS topic", field="topic")
+        when = self.clock()
+        return await Delivery.create(
+            user_id=user.id, channel=Channel.SMS.value, kind=kind, topic=topic,
+            context=context, next_attempt_at=when,
+            deadline=when + timedelta(hours=self.settings.retry_hours))
+
+    async def deliver_due(self, limit: int = 50) -> int:
+        """One batch of the sender's work: claim due SMS deliveries and deliver them."""
+        batch = await postman.claim(Channel.SMS.value, limit)
+        await asyncio.gather(*(self.deliver(d) for d in batch))
+        return len(batch)
+
+    async def deliver(self, delivery: Delivery) -> None:
+        now = self.clock()
+        if now > delivery.deadline:
+            await postman.finish(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
+                                 last_error=delivery.last_error or "deadline passed")
+            return
+        user = await User.get(id=delivery.user_id)
+        reason = await self._skip_reason(delivery, user)
+        if reason is not None:
+            await postman.finish(delivery, DeliveryStatus.SKIPPED, skip_reason=reason)
+            return
+        s = self.settings
+        zone = quiet.zone_for(user.time_zone, user.phone, s.sms_default_time_zone)
+        opens = quiet.opens_at(now, zone, s.sms_quiet_start, s.sms_quiet_end)
+        if opens is not None:
+            # Quiet hours: wait, queued, until the window opens. Waiting is not a failed
+            # attempt, and must not eat into the time left for retries: the deadline moves
+            # by the same amount.
+            await postman.finish(delivery, DeliveryStatus.QUEUED, next_attempt_at=opens,
+                                 deadline=delivery.deadline + (opens - now))
+            log.info("delivery %s waits for quiet hours to end at %s", delivery.id,
+                     opens.isoformat())
+            return
+        try:
+            body = self.compose(delivery, user)
+        except (jinja2.TemplateError, texts.TooLong) as exc:
+            # Rendering again gives the same text: fail now, saying why.
+            await postman.finish(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
+                                 last_error=f"cannot compose: {exc}"[:500])
+            return
+        assert user.phone is not None  # eligibility said there is an address
+        message = SmsMessage(to=user.phone, body=body,
+                             status_callback=s.public_url + STATUS_PATH)
+        try:
+            receipt = await self.channel.send(message)
+        except DeliveryError as exc:
+            await self._failed(delivery, user, exc)
+            return
+        await postman.finish(delivery, DeliveryStatus.SENT, sent_at=self.clock(),
+                             provider_ref=receipt.reference, attempts=delivery.attempts + 1)
+
+    def compose(self, delivery: Delivery, user: User) -> str:
+        """The text of a delivery, exactly as sent; raises TooLong past sms_max_segments."""
+        topic = self.settings.topics.get(delivery.topic) if delivery.topic else None
+        marketing = topic is not None and topic.kind is TopicKind.MARKETING
+        text = texts.render(delivery.kind, i18n.choose(user.locale), dict(delivery.context),
+                            marketing=marketing)
+        texts.check_length(text, self.settings.sms_max_segments)
+        return text
+
+    async def _skip_reason(self, delivery: Delivery,
+                           user: User) -> eligibility.SkipReason | None:
+        settings = self.settings
+        topic = settings.topics.get(delivery.topic) if delivery.topic else None
+        consent = None
+        if delivery.topic:
+            consent = await Consent.get_or_none(user_id=user.id, topic=delivery.topic)
+        suppressed = bool(user.phone) and await store.is_suppressed(
+            settings.hash_key, AddressKind.PHONE, user.phone)
+        who = eligibility.Recipient(
+            erased=user.erased_at is not None, address=user.phone,
+            verified=user.phone_verified, suppressed=suppressed,
+            state=ConsentState(consent.state) if consent else None)
+        return eligibility.skip_reason(delivery.kind, delivery.topic, topic, who)
+
+    async def _failed(self, delivery: Delivery, user: User, exc: DeliveryError) -> None:
+        attempts = delivery.attempts + 1
+        now = self.clock()
+        pause = postman.pause_after(attempts)
+        if exc.temporary and now + pause < delivery.deadline:
+            log.info("delivery %s: temporary failure, retrying: %s", delivery.id, exc.detail)
+            await postman.finish(delivery, DeliveryStatus.QUEUED, attempts=attempts,
+                                 last_error=exc.detail, next_attempt_at=now + pause)
+            return
+        log.warning("delivery %s to %s failed: %s", delivery.id, mask(user.phone), exc.detail)
+        await postman.finish(delivery, DeliveryStatus.FAILED, attempts=attempts,
+                             last_error=exc.detail)
+        await actions.apply_error_code(self.settings, user, user.phone, exc.code,
+                                       f"delivery {delivery.id}")
