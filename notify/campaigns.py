@@ -29,6 +29,7 @@ from notify.models import (
     PolicyVersion,
 )
 from notify.settings import Channel, Settings
+from notify.sms import texts as sms_texts
 
 #: The template each kind uses unless the campaign names another.
 DEFAULT_TEMPLATE = {POLICY_NOTICE: "policy_change", "newsletter": "newsletter",
@@ -149,6 +150,14 @@ async def create(settings: Settings, spec: Spec, key_id: str) -> Campaign:
     template = spec.template or DEFAULT_TEMPLATE[spec.kind]
     if Channel.EMAIL.value in channels:
         check_template(settings, template, spec.variables, policy)
+    if Channel.SMS.value in channels:
+        # The text must fit whatever the variables hold: refused now, not per user later.
+        try:
+            sms_texts.check_context(template, spec.variables)
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"SMS: {exc.detail}", field="body.variables"
+                                 if "variable" in exc.detail or "longer" in exc.detail
+                                 else "body.template") from None
     async with in_transaction():
         campaign = await Campaign.create(
             name=spec.name, kind=spec.kind, channels=channels, topic=spec.topic,

@@ -16,7 +16,7 @@ PROFILES = (
     "unverified",  # subscribed, the address not verified
     "pending",  # asked, not confirmed (double opt-in)
     "unsubscribed",  # withdrew both topics
-    "never_asked",  # no consent row at all
+    "never_asked",  # no consent row at all, and no phone
     "suppressed",  # subscribed, but the address hard-bounced
     "erased",  # erased: no contact data, a hashed id
     "no_email",  # subscribed by phone only
@@ -36,7 +36,8 @@ async def populate(count: int, hash_key: bytes, prefix: str = "u",
         external = f"{prefix}{i:06d}"
         profiles[external] = profile
         email = None if profile in ("erased", "no_email") else f"{external}@example.com"
-        phone = f"+4915{i % 10_000_000:08d}" if profile != "erased" else None
+        phone = (f"+4915{i % 10_000_000:08d}" if profile not in ("erased", "never_asked")
+                 else None)
         users.append(User(
             external_id=external if profile != "erased" else f"erased:{external}",
             handle=store.new_handle(),

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import email
 import email.policy
+import json
 import random
 import time
 from collections import Counter
@@ -16,7 +17,7 @@ import pytest
 from population import populate, pure_reasons, tally
 from support import ADMIN, APP, HASH_KEY, snapshot
 
-from notify import audience, campaigns, eligibility, store
+from notify import audience, campaigns, eligibility, postman, store
 from notify.models import AuditEntry, Campaign, ConsentEvent, Delivery, User
 from notify.web.endpoints import POSTMAN
 
@@ -406,3 +407,103 @@ async def test_campaign_progress_counts_one_click_unsubscribes_from_its_messages
     status = await (await client.get(f"/v1/campaigns/{made['id']}", headers=ADMIN)).json()
     assert status["unsubscribed"] == 1
 
+
+
+# -- email and SMS together: no phone, quiet hours ---------------------------------------
+
+
+def zones_now() -> tuple[str, str]:
+    """A zone where it is night now (quiet hours) and one where it is afternoon."""
+    now = datetime.now(UTC)
+    asleep = awake = None
+    for offset in range(-12, 15):
+        name = f"Etc/GMT{'+' if offset <= 0 else '-'}{abs(offset)}" if offset else "Etc/GMT"
+        hour = (now + timedelta(hours=offset)).hour
+        if asleep is None and 0 <= hour <= 5:
+            asleep = name
+        if awake is None and 11 <= hour <= 17:
+            awake = name
+    assert asleep and awake
+    return asleep, awake
+
+
+async def test_email_and_sms_each_follow_the_rules_and_quiet_hours(client, orm, settings):
+    from notify.web.app import COURIER
+
+    with orm:
+        profiles = await populate(200, HASH_KEY)
+        asleep, awake = zones_now()
+        ids = await User.all().order_by("id").values_list("id", flat=True)
+        await User.filter(id__in=ids[::2]).update(time_zone=asleep)
+        await User.filter(id__in=ids[1::2]).update(time_zone=awake)
+        night = set(ids[::2])
+    made = await create(client, kind="notification", topic="email_notifications",
+                        channels=["email", "sms"],
+                        variables={"subject": "Parcel", "body": "Your parcel is on its way"})
+    preview = await (await client.get(f"/v1/campaigns/{made['id']}/audience",
+                                      headers=ADMIN)).json()
+    with orm:
+        by_email = await pure_reasons(HASH_KEY, "notification", "email_notifications",
+                                      settings.topics["email_notifications"])
+        by_sms = await pure_reasons(HASH_KEY, "notification", "sms_notifications",
+                                    settings.topics["sms_notifications"], channel="sms")
+    channels = {c["channel"]: (c["eligible"], c["excluded"]) for c in preview["channels"]}
+    assert channels == {"email": tally(by_email), "sms": tally(by_sms)}
+    # Quiet hours delay and never exclude: the preview counts the sleeping too.
+    assert tally(by_sms) == (100, {"no_address": 20, "erased": 20, "not_subscribed": 60})
+
+    await client.post(f"/v1/campaigns/{made['id']}/send", headers=ADMIN)
+    await drain(client)
+    courier = client.app[COURIER]
+    while await courier.deliver_due(200):
+        pass
+    texted = [json.loads(line) for line in settings.sms_log_file.read_text().splitlines()]
+    with orm:
+        phones = dict(await User.all().values_list("phone", "id"))
+        waiting = await Delivery.filter(campaign_id=made["id"], channel="sms",
+                                        status="queued")
+    sms_eligible = {k for k, v in by_sms.items() if v is None}
+    assert {phones[t["to"]] for t in texted} == sms_eligible - night
+    assert {d.user_id for d in waiting} == sms_eligible & night
+    assert all(d.next_attempt_at > store.now() + timedelta(hours=2) for d in waiting)
+    assert texted[0]["body"] == "Your parcel is on its way"
+    got_mail = {m["To"].split("@")[0] for m in outbox(settings)}
+    assert {profiles[u] for u in got_mail} == {"subscribed", "subscribed_de"}
+    status = await (await client.get(f"/v1/campaigns/{made['id']}", headers=ADMIN)).json()
+    assert status["status"] == "sending"  # the sleeping are still owed their text
+    assert status["counts"]["queued"] == len(waiting)
+
+
+async def test_sms_deliveries_of_a_paused_campaign_wait(client, orm, settings):
+    from notify.web.app import COURIER
+
+    with orm:
+        await populate(20, HASH_KEY)
+        await User.all().update(time_zone=zones_now()[1])
+    made = await create(client, kind="notification", topic="sms_notifications",
+                        channels=["sms"], variables={"body": "Hello"})
+    await client.post(f"/v1/campaigns/{made['id']}/send", headers=ADMIN)
+    with orm:
+        # Claimed by a worker before the pause, delivered after it: held, not sent.
+        [delivery] = await postman.claim("sms", 1)
+    await client.post(f"/v1/campaigns/{made['id']}/pause", headers=ADMIN)
+    with orm:
+        await client.app[COURIER].deliver(delivery)
+        assert (await Delivery.get(id=delivery.id)).status == "held"
+        assert await Delivery.filter(campaign_id=made["id"], status="held").count() == 10
+    assert not settings.sms_log_file.exists()
+    await client.post(f"/v1/campaigns/{made['id']}/cancel", headers=ADMIN)
+    with orm:
+        assert await Delivery.filter(campaign_id=made["id"], status="cancelled").count() == 10
+
+
+async def test_sms_campaign_variables_are_checked_when_it_is_created(client, orm):
+    long = await client.post("/v1/campaigns", headers=ADMIN, json={
+        "name": "x", "kind": "notification", "topic": "sms_notifications",
+        "channels": ["sms"], "variables": {"body": "x" * 500}})
+    assert long.status == 422
+    assert "SMS" in (await long.json())["detail"]
+    missing = await client.post("/v1/campaigns", headers=ADMIN, json={
+        "name": "x", "kind": "notification", "topic": "sms_notifications",
+        "channels": ["sms"]})
+    assert missing.status == 422

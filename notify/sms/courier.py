@@ -23,7 +23,15 @@ from notify.channels import DeliveryError
 from notify.channels.sms import SmsChannel, SmsMessage
 from notify.consent import ConsentState
 from notify.errors import InvalidRequest
-from notify.models import AddressKind, Consent, Delivery, DeliveryStatus, User
+from notify.models import (
+    AddressKind,
+    Campaign,
+    CampaignStatus,
+    Consent,
+    Delivery,
+    DeliveryStatus,
+    User,
+)
 from notify.settings import Channel, Settings, TopicKind
 from notify.sms import actions, mask, quiet, texts
 
@@ -59,7 +67,8 @@ class SmsCourier:
 
     async def deliver_due(self, limit: int = 50) -> int:
         """One batch of the sender's work: claim due SMS deliveries and deliver them."""
-        batch = await postman.claim(Channel.SMS.value, limit)
+        batch = await postman.claim(Channel.SMS.value, limit,
+                                    timedelta(seconds=self.settings.worker_lease_seconds))
         await asyncio.gather(*(self.deliver(d) for d in batch))
         return len(batch)
 
@@ -69,10 +78,23 @@ class SmsCourier:
             await postman.finish(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
                                  last_error=delivery.last_error or "deadline passed")
             return
+        campaign = None
+        if delivery.campaign_id is not None:
+            campaign = await Campaign.get(id=delivery.campaign_id)
+            if campaign.status == CampaignStatus.CANCELLED:
+                await postman.finish(delivery, DeliveryStatus.CANCELLED,
+                                     skip_reason=eligibility.SkipReason.CANCELLED)
+                return
+            if campaign.status == CampaignStatus.PAUSED:
+                await postman.finish(delivery, DeliveryStatus.HELD)  # until resumed
+                return
+        # Taken before the check reads anything (see Postman.deliver_batch).
+        checked_at = self.clock()
         user = await User.get(id=delivery.user_id)
         reason = await self._skip_reason(delivery, user)
         if reason is not None:
-            await postman.finish(delivery, DeliveryStatus.SKIPPED, skip_reason=reason)
+            await postman.finish(delivery, DeliveryStatus.SKIPPED, skip_reason=reason,
+                                 checked_at=checked_at)
             return
         s = self.settings
         zone = quiet.zone_for(user.time_zone, user.phone, s.sms_default_time_zone)
@@ -87,7 +109,7 @@ class SmsCourier:
                      opens.isoformat())
             return
         try:
-            body = self.compose(delivery, user)
+            body = self.compose(delivery, user, campaign)
         except (jinja2.TemplateError, texts.TooLong) as exc:
             # Rendering again gives the same text: fail now, saying why.
             await postman.finish(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
@@ -102,14 +124,18 @@ class SmsCourier:
             await self._failed(delivery, user, exc)
             return
         await postman.finish(delivery, DeliveryStatus.SENT, sent_at=self.clock(),
-                             provider_ref=receipt.reference, attempts=delivery.attempts + 1)
+                             provider_ref=receipt.reference, attempts=delivery.attempts + 1,
+                             checked_at=checked_at)
 
-    def compose(self, delivery: Delivery, user: User) -> str:
-        """The text of a delivery, exactly as sent; raises TooLong past sms_max_segments."""
+    def compose(self, delivery: Delivery, user: User, campaign: Campaign | None = None) -> str:
+        """The text of a delivery, exactly as sent; raises TooLong past sms_max_segments.
+
+        A campaign's text is its template with its variables (the delivery adds none)."""
         topic = self.settings.topics.get(delivery.topic) if delivery.topic else None
         marketing = topic is not None and topic.kind is TopicKind.MARKETING
-        text = texts.render(delivery.kind, i18n.choose(user.locale), dict(delivery.context),
-                            marketing=marketing)
+        kind = campaign.template if campaign else delivery.kind
+        context = {**(campaign.variables if campaign else {}), **delivery.context}
+        text = texts.render(kind, i18n.choose(user.locale), context, marketing=marketing)
         texts.check_length(text, self.settings.sms_max_segments)
         return text
 
