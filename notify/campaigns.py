@@ -237,10 +237,12 @@ async def _start(settings: Settings, campaign: Campaign, now: datetime) -> None:
     campaign.enqueued = await audience.enqueue(campaign, topics, now=now,
                                                retry_hours=settings.retry_hours)
     campaign.excluded = excluded
-    campaign.status = CampaignStatus.SENDING
+    # Nobody to send to: done at once, rather than "sending" until a sender looks.
+    campaign.status = CampaignStatus.SENDING if campaign.enqueued else CampaignStatus.DONE
     campaign.started_at = now
+    campaign.finished_at = None if campaign.enqueued else now
     await campaign.save(update_fields=["enqueued", "excluded", "status", "started_at",
-                                       "updated_at"])
+                                       "finished_at", "updated_at"])
 
 
 async def start_scheduled(settings: Settings, now: datetime | None = None) -> int:

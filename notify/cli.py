@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "segment count, and refused if its longest allowed values could "
                          "exceed NOTIFY_SMS_MAX_SEGMENTS")
     preview.set_defaults(run=_lazy("notify.preview", "cmd_preview"))
+
+    from notify.campaign_cli import add_commands
+
+    add_commands(commands, _lazy)
     return parser
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -23,6 +24,7 @@ from tortoise.transactions import in_transaction
 from notify import eligibility, i18n, links, mail, store
 from notify.channels import DeliveryError, EmailChannel, Envelope
 from notify.consent import ConsentState
+from notify.metrics import SEND_SECONDS
 from notify.models import (
     AddressKind,
     Campaign,
@@ -143,11 +145,13 @@ class Postman:
             _outcome(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
                      last_error=f"cannot compose: {exc!r}"[:500])
             return
+        started = time.perf_counter()
         try:
             receipt = await self.channel.send(envelope)
         except DeliveryError as exc:
             await self._failed(delivery, exc, envelope.rcpt_to[0])
             return
+        SEND_SECONDS.labels("email").observe(time.perf_counter() - started)
         _outcome(delivery, DeliveryStatus.SENT, sent_at=store.now(),
                  provider_ref=receipt.reference, attempts=delivery.attempts + 1,
                  checked_at=checked_at)

@@ -507,3 +507,25 @@ async def test_sms_campaign_variables_are_checked_when_it_is_created(client, orm
         "name": "x", "kind": "notification", "topic": "sms_notifications",
         "channels": ["sms"]})
     assert missing.status == 422
+
+
+async def test_metrics_show_deliveries_queue_latency_and_unsubscribes(client, orm, settings):
+    with orm:
+        await populate(30, HASH_KEY)
+    made = await create(client, **NEWSLETTER)
+    await client.post(f"/v1/campaigns/{made['id']}/send", headers=ADMIN)
+    queued = await (await client.get("/metrics", headers=APP)).text()
+    assert 'notify_deliveries{channel="email",status="queued"} 6.0' in queued
+    assert 'notify_queue_depth{channel="email"} 6.0' in queued
+    await drain(client)
+    [message, *_] = outbox(settings)
+    url = message["List-Unsubscribe"].split("<", 1)[1].split(">", 1)[0]
+    await client.post(url.split("127.0.0.1:8080", 1)[1], data={"List-Unsubscribe": "One-Click"})
+    resp = await client.get("/metrics", headers=APP)
+    assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    text = await resp.text()
+    assert 'notify_deliveries{channel="email",status="sent"} 6.0' in text
+    assert 'notify_queue_depth{channel="email"} 0.0' in text
+    assert 'notify_unsubscribes_total{source="one_click"} 1.0' in text
+    assert 'notify_send_seconds_count{channel="email"}' in text
+    assert (await client.get("/metrics")).status == 401

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,6 +24,7 @@ from notify.channels import DeliveryError
 from notify.channels.sms import SmsChannel, SmsMessage
 from notify.consent import ConsentState
 from notify.errors import InvalidRequest
+from notify.metrics import SEND_SECONDS
 from notify.models import (
     AddressKind,
     Campaign,
@@ -118,11 +120,13 @@ class SmsCourier:
         assert user.phone is not None  # eligibility said there is an address
         message = SmsMessage(to=user.phone, body=body,
                              status_callback=s.public_url + STATUS_PATH)
+        started = time.perf_counter()
         try:
             receipt = await self.channel.send(message)
         except DeliveryError as exc:
             await self._failed(delivery, user, exc)
             return
+        SEND_SECONDS.labels("sms").observe(time.perf_counter() - started)
         await postman.finish(delivery, DeliveryStatus.SENT, sent_at=self.clock(),
                              provider_ref=receipt.reference, attempts=delivery.attempts + 1,
                              checked_at=checked_at)

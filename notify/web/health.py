@@ -24,3 +24,15 @@ async def readyz(call: Call) -> web.StreamResponse | Health:
         return web.json_response({"status": "unavailable"}, status=503,
                                  headers={"Retry-After": "5"})
     return Health(status="ok")
+
+
+async def metrics(call: Call) -> web.Response:
+    """Prometheus text format; any API key may scrape (it holds counts, no personal data)."""
+    # The classic text format: every Prometheus version reads it.
+    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+    from notify.metrics import exposition
+
+    response = web.Response(body=await exposition())
+    response.headers["Content-Type"] = CONTENT_TYPE_PLAIN_0_0_4
+    return response

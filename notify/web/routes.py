@@ -26,6 +26,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              response=Health, tag="health"),
     Endpoint("GET", "/readyz", health.readyz, "The database answers", scope=None,
              response=Health, tag="health"),
+    Endpoint("GET", "/metrics", health.metrics,
+             "Prometheus metrics: deliveries by channel and status, queue depth, send "
+             "latency, unsubscribes by source", tag="health"),
     Endpoint("PUT", USER, users.put_user, "Create or replace a user (201 when created)",
              body=UserIn, response=UserOut),
     Endpoint("PATCH", USER, users.patch_user, "Change some fields of a user",
