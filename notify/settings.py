@@ -143,6 +143,7 @@ class Settings:
     sms_quiet_end: time = time(8, 0)
     sms_default_time_zone: str = "UTC"
     sms_max_segments: int = 2
+    sms_rate: int = 0
     #: True when some keys were generated for development rather than configured.
     dev_keys: bool = False
 
@@ -210,6 +211,7 @@ KEYS: dict[str, Any] = {
     "sms_quiet_end": "08:00",
     "sms_default_time_zone": "UTC",
     "sms_max_segments": 2,
+    "sms_rate": 0,
 }
 
 _TOPIC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -448,6 +450,7 @@ def _sms(s: dict[str, Any], value: dict[str, Any]) -> None:
                           f"as Europe/Berlin (got {zone!r})") from None
     s["sms_default_time_zone"] = zone
     s["sms_max_segments"] = _integer("sms_max_segments", value["sms_max_segments"], 1, 10)
+    s["sms_rate"] = _integer("sms_rate", value["sms_rate"], 0, 10_000)
 
 
 def _clock(key: str, value: Any) -> time:

@@ -31,6 +31,7 @@ def test_defaults(tmp_path):
     ("NOTIFY_SMS_QUIET_END", "8:00"), ("NOTIFY_SMS_DEFAULT_TIME_ZONE", "Mars/Olympus"),
     ("NOTIFY_SMS_DEFAULT_TIME_ZONE", "../etc/passwd"), ("NOTIFY_SMS_MAX_SEGMENTS", "0"),
     ("NOTIFY_SMS_MAX_SEGMENTS", "11"), ("NOTIFY_TWILIO_MESSAGING_SERVICE_SID", "MGxyz"),
+    ("NOTIFY_SMS_RATE", "-1"), ("NOTIFY_SMS_RATE", "fast"),
 ])
 def test_bad_values_name_their_variable(tmp_path, name, value):
     with pytest.raises(ConfigError, match=f"^{name}: "):

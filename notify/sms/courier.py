@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import jinja2
+from aiolimiter import AsyncLimiter
 
 from notify import eligibility, i18n, postman, store
 from notify.channels import DeliveryError
@@ -51,6 +52,8 @@ class SmsCourier:
         self.settings = settings
         self.channel = channel
         self.clock = clock
+        # aiolimiter's leaky bucket, as for SMTP: a rate, not a retry loop of our own.
+        self._rate = AsyncLimiter(settings.sms_rate, 1) if settings.sms_rate else None
 
     async def enqueue(self, user: User, kind: str, *, topic: str | None = None,
                       context: dict[str, Any] | None = None) -> Delivery:
@@ -120,6 +123,8 @@ class SmsCourier:
         assert user.phone is not None  # eligibility said there is an address
         message = SmsMessage(to=user.phone, body=body,
                              status_callback=s.public_url + STATUS_PATH)
+        if self._rate is not None:
+            await self._rate.acquire()
         started = time.perf_counter()
         try:
             receipt = await self.channel.send(message)
