@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run the sender only, for scale-out",
                                  description="Run the sender without the web service. Start "
                                  "as many as needed against one PostgreSQL database.")
+    worker.add_argument("--metrics-port", type=_port, metavar="PORT",
+                        help="serve this worker's own Prometheus metrics (send latency) on "
+                        "127.0.0.1:PORT; the database's counts are on the web /metrics")
     worker.set_defaults(run=cmd_worker)
 
     migrate = commands.add_parser("migrate", help="apply pending database migrations",
@@ -283,6 +286,14 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     async def work(ctx) -> int:  # noqa: ANN001
         await apply_migrations(ctx)
+        if args.metrics_port:
+            from prometheus_client import start_http_server
+
+            try:
+                start_http_server(args.metrics_port, addr="127.0.0.1")
+            except OSError as exc:
+                raise CliError(f"cannot serve metrics on 127.0.0.1:{args.metrics_port}: "
+                               f"{exc.strerror or exc}") from None
         channel = email_channel(settings)
         texts = sms_channel(settings)  # inside the loop: the Twilio client needs one
         sender = Sender(jobs=jobs(settings, Postman(settings, channel, signer(settings)),

@@ -159,3 +159,24 @@ def test_sqlite_refuses_a_second_sender_with_one_line(tmp_path):
     last = second.stderr.strip().splitlines()[-1]
     assert last.startswith("notify: ") and "SQLite runs one sender" in last
     assert f"pid {first.pid}" in last
+
+
+def test_a_worker_serves_its_own_metrics(tmp_path):
+    import urllib.request
+
+    from support import free_port
+
+    env = clean_env(**environ_for(f"sqlite://{tmp_path / 'notify.sqlite3'}",
+                                  tmp_path / "data"))
+    port = free_port()
+    proc = subprocess.Popen([*CLI, "worker", "--metrics-port", str(port)], env=env,
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        wait_for_line(proc, "notify worker running")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    finally:
+        code, _, err = stop(proc)
+    assert code == 0, err
+    assert "notify_send_seconds" in text and "process_cpu_seconds_total" in text
