@@ -40,6 +40,7 @@ class Migration(migrations.Migration):
                 ('policy_version', fields.ForeignKeyField('models.PolicyVersion', source_field='policy_version_id', null=True, db_constraint=True, to_field='id', related_name='campaigns', on_delete=OnDelete.RESTRICT)),
                 ('status', fields.CharField(default='draft', max_length=16)),
                 ('paused_reason', fields.TextField(null=True, unique=False)),
+                ('guard_since', fields.DatetimeField(null=True, auto_now=False, auto_now_add=False)),
                 ('send_at', fields.DatetimeField(null=True, auto_now=False, auto_now_add=False)),
                 ('enqueued', fields.IntField(default=0)),
                 ('excluded', fields.JSONField(default=dict, encoder=functools.partial(dumps, separators=(',', ':')), decoder=loads)),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tortoise import connections
@@ -43,7 +43,7 @@ class Audience:
         return self.eligible + sum(self.excluded.values())
 
 
-class _Sql:
+class Sql:
     """Collects parameters and writes the placeholder of the connection's dialect."""
 
     def __init__(self, dialect: str) -> None:
@@ -55,11 +55,12 @@ class _Sql:
         return "?" if self.dialect == "sqlite" else f"${len(self.values)}"
 
     def time(self, value: datetime) -> str:
-        # Tortoise keeps SQLite datetimes as text in str(datetime) form (UTC); compare alike.
-        return self(str(value) if self.dialect == "sqlite" else value)
+        # Tortoise keeps SQLite datetimes as text in str(datetime) form, in UTC: compare
+        # alike, so a time given with another offset must become UTC first.
+        return self(str(value.astimezone(UTC)) if self.dialect == "sqlite" else value)
 
 
-def _connection() -> BaseDBAsyncClient:
+def connection() -> BaseDBAsyncClient:
     return connections.get("default")
 
 
@@ -67,7 +68,7 @@ def _dialect(conn: BaseDBAsyncClient) -> str:
     return conn.capabilities.dialect
 
 
-def _reason_sql(sql: _Sql, campaign: Campaign, channel: str,
+def _reason_sql(sql: Sql, campaign: Campaign, channel: str,
                 policy: PolicyVersion | None) -> str:
     """The CASE expression naming the first reason a user is excluded, NULL if none.
 
@@ -109,7 +110,7 @@ def consent_topic(campaign: Campaign, policy: PolicyVersion | None,
     return topic
 
 
-def _from_sql(sql: _Sql, campaign: Campaign, policy: PolicyVersion | None,
+def _from_sql(sql: Sql, campaign: Campaign, policy: PolicyVersion | None,
               topic: str | None) -> str:
     """FROM and WHERE: the users the filter selects, with their consent to the topic."""
     topic = consent_topic(campaign, policy, topic)
@@ -143,11 +144,11 @@ async def _policy(campaign: Campaign) -> PolicyVersion | None:
 
 async def preview(campaign: Campaign, topics: Mapping[str, str | None]) -> list[Audience]:
     """How many would receive the campaign now, per channel, and who not and why."""
-    conn = _connection()
+    conn = connection()
     policy = await _policy(campaign)
     found = []
     for channel in campaign.channels:
-        sql = _Sql(_dialect(conn))
+        sql = Sql(_dialect(conn))
         reason = _reason_sql(sql, campaign, channel, policy)
         source = _from_sql(sql, campaign, policy, topics.get(channel))
         _, rows = await conn.execute_query(
@@ -162,7 +163,7 @@ async def preview(campaign: Campaign, topics: Mapping[str, str | None]) -> list[
         for name in audience.excluded:
             # Placeholders are numbered in the order written (SQLite's are positional):
             # build the parts in the order they appear in the statement.
-            sql = _Sql(_dialect(conn))
+            sql = Sql(_dialect(conn))
             source = _from_sql(sql, campaign, policy, topics.get(channel))
             reason = _reason_sql(sql, campaign, channel, policy)
             _, rows = await conn.execute_query(
@@ -176,9 +177,9 @@ async def preview(campaign: Campaign, topics: Mapping[str, str | None]) -> list[
 async def reasons_by_user(campaign: Campaign, channel: str,
                           topics: Mapping[str, str | None]) -> dict[int, str | None]:
     """Every selected user's reason (None: eligible). For tests and small audiences only."""
-    conn = _connection()
+    conn = connection()
     policy = await _policy(campaign)
-    sql = _Sql(_dialect(conn))
+    sql = Sql(_dialect(conn))
     reason = _reason_sql(sql, campaign, channel, policy)
     source = _from_sql(sql, campaign, policy, topics.get(channel))
     _, rows = await conn.execute_query(f"SELECT u.id AS id, {reason} AS r {source}", sql.values)
@@ -193,11 +194,11 @@ async def enqueue(campaign: Campaign, topics: Mapping[str, str | None], *, now: 
     (campaign, user, channel) and a policy notice per (policy version, user): enqueueing
     twice adds nothing. Returns how many deliveries were added.
     """
-    conn = _connection()
+    conn = connection()
     policy = await _policy(campaign)
     added = 0
     for channel in campaign.channels:
-        sql = _Sql(_dialect(conn))
+        sql = Sql(_dialect(conn))
         topic = consent_topic(campaign, policy, topics.get(channel))
         json = "'{}'" if sql.dialect == "sqlite" else "'{}'::jsonb"
         values = ", ".join([

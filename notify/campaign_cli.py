@@ -27,6 +27,12 @@ from notify.settings import Settings
 from notify.web.campaigns_api import REASONS, CampaignIn, PolicyIn, TestIn
 
 
+def _campaign_id(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) < 2**63:
+        raise argparse.ArgumentTypeError(f"not a campaign id (got {text!r})")
+    return int(text)
+
+
 def add_commands(commands: argparse._SubParsersAction, lazy) -> None:  # noqa: ANN001
     """Register the ``policy`` and ``campaign`` command groups on the main parser."""
     policy = commands.add_parser("policy", help="publish and list privacy policy versions")
@@ -73,10 +79,10 @@ def add_commands(commands: argparse._SubParsersAction, lazy) -> None:  # noqa: A
             ("resume", "go on sending a paused campaign", "cmd_resume"),
             ("cancel", "cancel: nothing not yet sent will be", "cmd_cancel")):
         sub = actions.add_parser(name, help=text)
-        sub.add_argument("id", type=int, metavar="ID")
+        sub.add_argument("id", type=_campaign_id, metavar="ID")
         sub.set_defaults(run=lazy("notify.campaign_cli", func))
     preview = actions.add_parser("preview", help="render its email for a sample reader")
-    preview.add_argument("id", type=int, metavar="ID")
+    preview.add_argument("id", type=_campaign_id, metavar="ID")
     preview.add_argument("--locale", default="en")
     preview.add_argument("--out", type=Path, metavar="FILE.html", help="write the HTML here")
     preview.set_defaults(run=lazy("notify.campaign_cli", "cmd_preview"))
@@ -85,17 +91,17 @@ def add_commands(commands: argparse._SubParsersAction, lazy) -> None:  # noqa: A
         description="Enqueue the campaign's deliveries and show a live progress bar while "
         "the sender (notify serve or notify worker) sends them; Ctrl-C stops watching, not "
         "sending.")
-    send.add_argument("id", type=int, metavar="ID")
+    send.add_argument("id", type=_campaign_id, metavar="ID")
     send.add_argument("--detach", action="store_true", help="do not follow the progress")
     send.set_defaults(run=lazy("notify.campaign_cli", "cmd_send"))
     status = actions.add_parser("status", help="counts by state, rate, ETA and first errors")
-    status.add_argument("id", type=int, metavar="ID")
+    status.add_argument("id", type=_campaign_id, metavar="ID")
     status.add_argument("--follow", action="store_true", help="a live progress bar until done")
     status.set_defaults(run=lazy("notify.campaign_cli", "cmd_status"))
     listing = actions.add_parser("list", help="the latest campaigns")
     listing.set_defaults(run=lazy("notify.campaign_cli", "cmd_list"))
     test = actions.add_parser("test", help="send one rendering to given addresses only")
-    test.add_argument("id", type=int, metavar="ID")
+    test.add_argument("id", type=_campaign_id, metavar="ID")
     test.add_argument("--to", action="append", required=True, metavar="EMAIL")
     test.add_argument("--locale", default="en")
     test.set_defaults(run=lazy("notify.campaign_cli", "cmd_test"))
@@ -114,8 +120,13 @@ def _checked(model: type, values: dict[str, Any]) -> Any:  # noqa: ANN401
         return model.model_validate(values)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "input"
-        raise CliError(f"{where}: {first['msg']}") from None
+        # The option that carried the value: audience fields are options of their own.
+        loc = [str(part) for part in first["loc"]]
+        name = loc[1] if loc[:1] == ["audience"] and len(loc) > 1 else (loc[0] if loc else "")
+        where = {"label": "version", "addresses": "to", "channels": "channel",
+                 "variables": "var"}.get(name, name)
+        raise CliError(f"--{where.replace('_', '-')}: {first['msg']}" if where
+                       else first["msg"]) from None
 
 
 def cmd_policy_publish(args: argparse.Namespace, settings: Settings) -> int:
@@ -213,7 +224,10 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
                            footer=mail.Footer(preferences_url=f"{settings.public_url}/preferences"))
         subject, text, html = mail.render(email, settings)
         if args.out:
-            args.out.write_text(html, encoding="utf-8")
+            try:
+                args.out.write_text(html, encoding="utf-8")
+            except OSError as exc:
+                raise CliError(f"cannot write {args.out}: {exc.strerror or exc}") from None
             print(f"Subject: {subject}\nwrote {args.out}")
         else:
             print(f"Subject: {subject}\n\n{text}")
@@ -281,13 +295,13 @@ async def _follow(campaign_id: int) -> int:
         task = bar.add_task(f"campaign {campaign_id}", total=None, rate=0.0)
         waited = time.monotonic()
         while True:
-            await campaigns.finish_done()
             found = await campaigns.progress(await _campaign(campaign_id))
             bar.update(task, total=found.total or None,
                        completed=found.total - found.remaining, rate=found.rate)
             if found.campaign.status in (CampaignStatus.DONE, CampaignStatus.CANCELLED,
-                                         CampaignStatus.PAUSED):
-                break
+                                         CampaignStatus.PAUSED) or (found.total and
+                                                                    not found.remaining):
+                break  # (all final: the sender marks it done on its next pass)
             if found.rate == 0 and time.monotonic() - waited > 10:
                 bar.console.print("no progress for 10 s: is a sender running? "
                                   "(notify serve, or notify worker)")
@@ -302,7 +316,8 @@ async def _follow(campaign_id: int) -> int:
 def _simple(action: str):  # noqa: ANN202
     def command(args: argparse.Namespace, settings: Settings) -> int:
         async def work(ctx) -> int:  # noqa: ANN001
-            campaign = await getattr(campaigns, action)(args.id, _actor())
+            extra = (settings.retry_hours,) if action == "resume" else ()
+            campaign = await getattr(campaigns, action)(args.id, _actor(), *extra)
             print(f"campaign {campaign.id}: {campaign.status}")
             return 0
 
@@ -336,13 +351,15 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
 
     async def work(ctx) -> int:  # noqa: ANN001
         campaign = await _campaign(args.id)
+        if "email" not in campaign.channels:
+            raise CliError("test sends go by email; this campaign has no email channel")
         policy = (await PolicyVersion.get(id=campaign.policy_version_id)
                   if campaign.policy_version_id else None)
         channel = email_channel(settings)
         failed = 0
         try:
             postman = Postman(settings, channel, signer(settings))
-            for address in body.addresses:
+            for address in dict.fromkeys(body.addresses):
                 try:
                     await postman.send_test(campaign, policy, address, body.locale)
                     print(f"sent a test to {address}")

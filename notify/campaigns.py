@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import jinja2
-from tortoise.expressions import Q, Subquery
+from tortoise.expressions import Subquery
 from tortoise.functions import Count
 from tortoise.transactions import in_transaction
 
@@ -279,7 +279,9 @@ async def pause(campaign_id: int, key_id: str, reason: str = "paused by an admin
     return campaign
 
 
-async def resume(campaign_id: int, key_id: str) -> Campaign:
+async def resume(campaign_id: int, key_id: str, retry_hours: int = 48) -> Campaign:
+    """Go on sending. The held deliveries get their retry time afresh (a long pause must not
+    fail them), and the guards start counting again from now."""
     async with in_transaction():
         campaign = await _locked(campaign_id)
         if campaign.status != CampaignStatus.PAUSED:
@@ -289,9 +291,13 @@ async def resume(campaign_id: int, key_id: str) -> Campaign:
         campaign.status = (CampaignStatus.SENDING if campaign.started_at
                            else CampaignStatus.SCHEDULED)
         campaign.paused_reason = None
-        await campaign.save(update_fields=["status", "paused_reason", "updated_at"])
+        now = store.now()
+        campaign.guard_since = now
+        await campaign.save(update_fields=["status", "paused_reason", "guard_since",
+                                           "updated_at"])
+        # next_attempt_at stays: a delivery waiting out a retry pause keeps waiting.
         await Delivery.filter(campaign_id=campaign.id, status=DeliveryStatus.HELD).update(
-            status=DeliveryStatus.QUEUED, next_attempt_at=store.now())
+            status=DeliveryStatus.QUEUED, deadline=now + timedelta(hours=retry_hours))
         await audit.record(key_id, "campaign.resume", f"campaign:{campaign.id}", {})
     return campaign
 
@@ -306,7 +312,8 @@ async def cancel(campaign_id: int, key_id: str) -> Campaign:
         await campaign.save(update_fields=["status", "finished_at", "updated_at"])
         await Delivery.filter(
             campaign_id=campaign.id, status__in=(DeliveryStatus.QUEUED, DeliveryStatus.HELD)
-        ).update(status=DeliveryStatus.CANCELLED, skip_reason="cancelled")
+        ).update(status=DeliveryStatus.CANCELLED, skip_reason="cancelled",
+                 notice_of_id=None)  # never sent: a later notice of the version may go
         await audit.record(key_id, "campaign.cancel", f"campaign:{campaign.id}", {})
     return campaign
 
@@ -333,9 +340,13 @@ async def check_guards(settings: Settings) -> int:
     """Pause every sending campaign whose complaint or hard-bounce rate passed its limit
     (a sender job). Returns how many it paused."""
     paused = 0
-    for campaign in await Campaign.filter(status=CampaignStatus.SENDING).only("id"):
-        rows = await (Delivery.filter(campaign_id=campaign.id, status__in=HANDED_OVER)
-                      .annotate(n=Count("id")).group_by("status").values("status", "n"))
+    for campaign in await Campaign.filter(status=CampaignStatus.SENDING).only(
+            "id", "guard_since"):
+        query = Delivery.filter(campaign_id=campaign.id, status__in=HANDED_OVER)
+        if campaign.guard_since is not None:
+            query = query.filter(sent_at__gte=campaign.guard_since)
+        rows = await (query.annotate(n=Count("id")).group_by("status")
+                      .values("status", "n"))
         counts = {row["status"]: row["n"] for row in rows}
         handed = sum(counts.values())
         if handed < settings.guard_min_sent:
@@ -386,7 +397,9 @@ class Progress:
 
     @property
     def done_fraction(self) -> float:
-        return 1.0 if not self.total else 1 - self.remaining / self.total
+        if not self.total:  # a draft, or a campaign that found nobody
+            return 1.0 if self.campaign.status == CampaignStatus.DONE else 0.0
+        return 1 - self.remaining / self.total
 
 
 async def progress(campaign: Campaign, now: datetime | None = None) -> Progress:
@@ -405,7 +418,7 @@ async def progress(campaign: Campaign, now: datetime | None = None) -> Progress:
     rate = recent / 60
     remaining = sum(counts.get(s, 0) for s in OPEN)
     errors = await (Delivery.filter(campaign_id=campaign.id, last_error__isnull=False)
-                    .order_by("updated_at", "id").limit(5)
+                    .order_by("id").limit(5)
                     .values("id", "status", "last_error", "updated_at"))
     unsubscribed = await ConsentEvent.filter(
         delivery_id__in=Subquery(Delivery.filter(campaign_id=campaign.id).values("id")),
@@ -425,34 +438,48 @@ async def _withdrawal_lag(campaign: Campaign) -> dict[str, Any]:
 
     For every withdrawal of a campaign topic recorded while the campaign was sending: a
     message whose final eligibility check began after the withdrawal was recorded must not
-    exist (``sent_after_withdrawal``, always 0); a message already past its check when the
-    withdrawal came may still have been handed over, and the largest such gap is shown.
+    exist (``sent_after_withdrawal``, 0 but for a withdrawal whose transaction committed
+    after the check read: recorded_at is stamped before the commit); a message already past
+    its check when the withdrawal came may still have been handed over, and the largest
+    such gap is shown. Two queries, whatever the campaign's size.
     """
-    found = {"withdrawals_during": 0, "sent_after_withdrawal": 0,
-             "max_withdrawal_lag_seconds": None}
+    found: dict[str, Any] = {"withdrawals_during": 0, "sent_after_withdrawal": 0,
+                             "max_withdrawal_lag_seconds": None}
     if campaign.started_at is None:
         return found
-    topics = await Delivery.filter(campaign_id=campaign.id).distinct().values_list(
-        "topic", flat=True)
-    events = await ConsentEvent.filter(
-        Q(topic__in=[t for t in topics if t]), to_state="unsubscribed",
-        recorded_at__gte=campaign.started_at,
-        user_id__in=Subquery(Delivery.filter(campaign_id=campaign.id).values("user_id")),
-    ).values("user_id", "topic", "recorded_at")
-    if not events:
+    conn = audience.connection()
+    sql = audience.Sql(conn.capabilities.dialect)
+    # Placeholders in the order they appear (SQLite's are positional).
+    joined = (f"FROM consent_events e JOIN deliveries d ON d.user_id = e.user_id AND "
+              f"d.topic = e.topic AND d.campaign_id = {sql(campaign.id)} WHERE "
+              f"e.to_state = 'unsubscribed' AND e.recorded_at >= "
+              f"{sql.time(campaign.started_at)}")
+    if campaign.finished_at:
+        joined += f" AND e.recorded_at <= {sql.time(campaign.finished_at)}"
+    _, rows = await conn.execute_query(f"SELECT COUNT(DISTINCT e.user_id) AS n {joined}",
+                                       sql.values)
+    found["withdrawals_during"] = rows[0]["n"]
+    if not found["withdrawals_during"]:
         return found
-    found["withdrawals_during"] = len({e["user_id"] for e in events})
+    handed = ", ".join(f"'{s.value}'" for s in HANDED_OVER)
+    _, late = await conn.execute_query(
+        f"SELECT d.checked_at AS checked_at, d.sent_at AS sent_at, e.recorded_at AS "
+        f"recorded_at {joined} AND d.status IN ({handed}) AND d.sent_at > e.recorded_at",
+        sql.values)
     lag = None
-    for event in events:
-        sent = await Delivery.filter(
-            campaign_id=campaign.id, user_id=event["user_id"], topic=event["topic"],
-            status__in=HANDED_OVER, sent_at__gt=event["recorded_at"],
-        ).values("checked_at", "sent_at")
-        for row in sent:
-            if row["checked_at"] is not None and row["checked_at"] > event["recorded_at"]:
-                found["sent_after_withdrawal"] += 1
-            gap = (row["sent_at"] - event["recorded_at"]).total_seconds()
-            lag = gap if lag is None else max(lag, gap)
+    for row in late:
+        checked, sent, recorded = (_aware(row["checked_at"]), _aware(row["sent_at"]),
+                                   _aware(row["recorded_at"]))
+        if checked is not None and checked > recorded:
+            found["sent_after_withdrawal"] += 1
+        gap = (sent - recorded).total_seconds()
+        lag = gap if lag is None else max(lag, gap)
     found["max_withdrawal_lag_seconds"] = lag
     return found
 
+
+def _aware(value: Any) -> datetime | None:  # noqa: ANN401 - a driver's datetime or text
+    """A raw query's datetime: asyncpg gives datetimes, SQLite the text tortoise stored."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 from notify import campaigns, store
 from notify.postman import Postman
 from notify.sender import Job
 from notify.settings import Settings
 from notify.sms.courier import SmsCourier
+
+#: How often the reputation guards look at the sending campaigns.
+GUARD_SECONDS = 5.0
 
 
 def jobs(settings: Settings, postman: Postman, courier: SmsCourier | None = None) -> list[Job]:
@@ -19,9 +24,14 @@ def jobs(settings: Settings, postman: Postman, courier: SmsCourier | None = None
     async def deliver_sms() -> int:
         return await courier.deliver_due() if courier is not None else 0
 
+    guarded = [0.0]
+
     async def guard_campaigns() -> int:
-        # Counted as no work: the loop should not spin faster because a guard looked.
-        await campaigns.check_guards(settings)
+        # Every few seconds, not every pass (a pass is one batch): the rates move slowly
+        # and counting a big campaign's deliveries is not free. Counted as no work.
+        if time.monotonic() - guarded[0] >= GUARD_SECONDS:
+            guarded[0] = time.monotonic()
+            await campaigns.check_guards(settings)
         return 0
 
     async def finish_campaigns() -> int:

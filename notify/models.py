@@ -175,6 +175,9 @@ class Campaign(Model):
                                             null=True, on_delete=fields.RESTRICT)
     status = fields.CharField(max_length=16, default=CampaignStatus.DRAFT.value)
     paused_reason = fields.TextField(null=True)
+    # The reputation guards judge what was sent since then: resuming a campaign they paused
+    # starts their count again, or they would pause it at once.
+    guard_since = fields.DatetimeField(null=True)
     send_at = fields.DatetimeField(null=True)
     enqueued = fields.IntField(default=0)
     excluded = fields.JSONField(default=dict)  # reason -> count, when it was enqueued

@@ -87,6 +87,10 @@ class Postman:
 
     async def deliver_due(self, limit: int = 50) -> int:
         """One batch of the sender's work: claim due deliveries and deliver them."""
+        if self.settings.smtp_rate:
+            # The rate limiter waits inside the channel, after the batch's checks: a batch
+            # no larger than a second's worth keeps each check within a second of its send.
+            limit = min(limit, self.settings.smtp_rate)
         batch = await self.claim(limit)
         if batch:
             await self.deliver_batch(batch)
@@ -108,11 +112,7 @@ class Postman:
         checked_at = store.now()
         known = await _Batch.load(self.settings, batch)
         await asyncio.gather(*(self._deliver_one(d, known, checked_at) for d in batch))
-        now = store.now()
-        for delivery in batch:
-            delivery.lease_until = None
-            delivery.updated_at = now
-        await Delivery.bulk_update(batch, fields=_OUTCOME_FIELDS)
+        await record_outcomes(batch)
 
     async def _deliver_one(self, delivery: Delivery, known: _Batch, checked_at: datetime
                            ) -> None:
@@ -146,6 +146,13 @@ class Postman:
                      last_error=f"cannot compose: {exc!r}"[:500])
             return
         started = time.perf_counter()
+        if delivery.lease_until is not None and store.now() >= delivery.lease_until:
+            # Our claim ran out (a hung relay, a paused process): another worker may have
+            # taken it over. Sending now could send twice; leave it to the new owner.
+            log.warning("delivery %s: lease expired before sending; left to another worker",
+                        delivery.id)
+            _outcome(delivery, DeliveryStatus.SENDING)
+            return
         try:
             receipt = await self.channel.send(envelope)
         except DeliveryError as exc:
@@ -259,25 +266,66 @@ class Postman:
                      next_attempt_at=store.now() + pause_after(attempts))
             return
         log.warning("delivery %s failed: %s", delivery.id, exc.detail)
-        _outcome(delivery, DeliveryStatus.FAILED, attempts=attempts, last_error=exc.detail)
+        # An unknown mailbox refused at once is a hard bounce, counted as one by the
+        # campaign's bounce guard; anything else permanent is a failure.
+        _outcome(delivery, DeliveryStatus.BOUNCED if exc.is_unknown_address
+                 else DeliveryStatus.FAILED, attempts=attempts, last_error=exc.detail)
         if exc.is_unknown_address:
             # An unknown mailbox at send time is a hard bounce: never again to it.
             from notify import bounces
 
-            # No delivery named: it stays "failed" (refused at send time), not "bounced".
+            # No delivery named: its status is this batch's to write.
             await bounces.record_bounce(self.settings, None, address, permanent=True,
                                         detail=exc.detail)
 
 
 #: What delivering writes back to a delivery row (in one statement per batch).
 _OUTCOME_FIELDS = ("status", "skip_reason", "attempts", "last_error", "next_attempt_at",
-                   "sent_at", "provider_ref", "checked_at", "lease_until", "updated_at")
+                   "sent_at", "provider_ref", "checked_at", "lease_until", "notice_of_id",
+                   "updated_at")
+#: A policy notice that ended so never reached the user: it does not count as the one
+#: notice of its version, so a later campaign may bring it.
+_NOT_NOTIFIED = (DeliveryStatus.SKIPPED, DeliveryStatus.FAILED, DeliveryStatus.CANCELLED)
 
 
 def _outcome(delivery: Delivery, status: DeliveryStatus, **values: Any) -> None:
     delivery.status = status
     for name, value in values.items():
         setattr(delivery, name, value)
+
+
+async def record_outcomes(batch: list[Delivery]) -> None:
+    """Write a batch's outcomes in one statement, but only where the claim still holds.
+
+    A row whose lease was taken over by another worker, or whose status changed while it
+    was being sent (a complaint or bounce report, quick as they may be), is not
+    overwritten: under the row locks taken here, what the others wrote stands. A "held"
+    outcome (the campaign was paused) becomes "queued" if the campaign was resumed
+    meanwhile, or it would wait for a resume that already happened.
+    """
+    now = store.now()
+    async with in_transaction():
+        ours = {row["id"]: row["lease_until"] for row in await (
+            Delivery.filter(id__in=[d.id for d in batch], status=DeliveryStatus.SENDING)
+            .select_for_update().values("id", "lease_until"))}
+        held = {d.campaign_id for d in batch if d.status == DeliveryStatus.HELD}
+        paused = set(await Campaign.filter(id__in=held, status=CampaignStatus.PAUSED)
+                     .values_list("id", flat=True)) if held else set()
+        mine = []
+        for delivery in batch:
+            if ours.get(delivery.id, "gone") != delivery.lease_until:
+                continue  # taken over, or changed by a report: theirs stands
+            if delivery.status == DeliveryStatus.SENDING:
+                continue  # our lease ran out before sending: left for the next owner
+            if delivery.status == DeliveryStatus.HELD and delivery.campaign_id not in paused:
+                delivery.status = DeliveryStatus.QUEUED
+            if delivery.notice_of_id is not None and delivery.status in _NOT_NOTIFIED:
+                delivery.notice_of_id = None
+            delivery.lease_until = None
+            delivery.updated_at = now
+            mine.append(delivery)
+        if mine:
+            await Delivery.bulk_update(mine, fields=_OUTCOME_FIELDS)
 
 
 @dataclass
@@ -345,7 +393,9 @@ async def claim(channel: str, limit: int, lease: timedelta = LEASE) -> list[Deli
                             lease_until__lt=now)
             .order_by("id").limit(limit).select_for_update(skip_locked=True)
         )
-        rows = (due + expired)[:limit]
+        # Expired claims first: they have waited a lease already, and behind a long queue
+        # of due rows they would wait until their deadline.
+        rows = (expired + due)[:limit]
         if rows:
             await Delivery.filter(id__in=[d.id for d in rows]).update(
                 status=DeliveryStatus.SENDING, lease_until=now + lease)
@@ -360,8 +410,17 @@ async def claim(channel: str, limit: int, lease: timedelta = LEASE) -> list[Deli
 
 
 async def finish(delivery: Delivery, status: DeliveryStatus, **values: Any) -> None:
-    """Record the outcome of one claimed delivery and give up its lease."""
-    await Delivery.filter(id=delivery.id).update(status=status, lease_until=None, **values)
+    """Record the outcome of one claimed delivery and give up its lease, if the claim still
+    holds (see record_outcomes: a takeover or a report's status stands)."""
+    async with in_transaction():
+        if status == DeliveryStatus.HELD and delivery.campaign_id is not None and not \
+                await Campaign.filter(id=delivery.campaign_id,
+                                      status=CampaignStatus.PAUSED).exists():
+            status = DeliveryStatus.QUEUED  # resumed meanwhile
+        query = Delivery.filter(id=delivery.id, status=DeliveryStatus.SENDING)
+        if delivery.lease_until is not None:
+            query = query.filter(lease_until=delivery.lease_until)
+        await query.update(status=status, lease_until=None, **values)
 
 
 class _Hold(Exception):

@@ -70,15 +70,32 @@ def test_cli_campaign_input_errors_are_one_line(cli, database_url):
         (["campaign", "create", "--name", "x", "--kind", "newsletter", "--topic",
           "newsletter", "--var", "novalue"], "--var"),
         (["campaign", "create", "--name", "x", "--kind", "newsletter", "--topic",
-          "newsletter", "--country", "Narnia"], "--audience"),
+          "newsletter", "--country", "Narnia"], "--country"),
+        (["campaign", "create", "--name", "x", "--kind", "newsletter", "--topic",
+          "newsletter", "--created-after", "2026-01-01T00:00:00"], "--created-after"),
+        (["campaign", "create", "--name", "x", "--kind", "newsletter", "--topic",
+          "newsletter", "--var", "t=x"], "reserved"),
         (["campaign", "status", "42"], "no campaign 42"),
-        (["campaign", "test", "42", "--to", "not-an-address"], "--addresses"),
+        (["campaign", "test", "42", "--to", "not-an-address"], "--to"),
         (["policy", "publish", "--version", "v1", "--title", "t", "--summary", "s",
           "--url", "https://example.com", "--effective-at", "tomorrow", "--no-material"],
          "--effective-at"),
     ]
     for argv, words in cases:
         assert_one_line_error(cli(database_url, *argv), 1, words)
+    created = cli(database_url, "campaign", "create", "--name", "x", "--kind", "newsletter",
+                  "--topic", "newsletter", "--var", "subject=s", "--var", "body=b")
+    assert created.code == 0, created
+    assert_one_line_error(cli(database_url, "campaign", "preview", "1", "--out",
+                              "/nonexistent/dir/x.html"), 1, "cannot write")
+
+
+def test_cli_refuses_ids_beyond_the_database(cli, database_url):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_:
+        cli(database_url, "campaign", "status", "99999999999999999999")
+    assert exit_.value.code == 2
 
 
 def test_send_follows_the_progress_until_done(database_url, tmp_path):

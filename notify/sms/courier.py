@@ -78,6 +78,9 @@ class SmsCourier:
         return len(batch)
 
     async def deliver(self, delivery: Delivery) -> None:
+        if self._rate is not None:
+            # The rate's wait comes first, so the checks below stay right before the send.
+            await self._rate.acquire()
         now = self.clock()
         if now > delivery.deadline:
             await postman.finish(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
@@ -123,8 +126,10 @@ class SmsCourier:
         assert user.phone is not None  # eligibility said there is an address
         message = SmsMessage(to=user.phone, body=body,
                              status_callback=s.public_url + STATUS_PATH)
-        if self._rate is not None:
-            await self._rate.acquire()
+        if delivery.lease_until is not None and store.now() >= delivery.lease_until:
+            log.warning("delivery %s: lease expired before sending; left to another worker",
+                        delivery.id)
+            return
         started = time.perf_counter()
         try:
             receipt = await self.channel.send(message)

@@ -3,11 +3,11 @@ does the work, so the CLI and the console do exactly what this does)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import AnyHttpUrl, BaseModel, Field, field_validator
+from pydantic import AfterValidator, AnyHttpUrl, BaseModel, Field
 
 from notify import audit, campaigns
 from notify.channels import DeliveryError
@@ -18,9 +18,49 @@ from notify.settings import Channel
 from notify.web.endpoints import POSTMAN, Call
 from notify.web.schemas import Country, Email, Locale, Note, Strict, Text200
 
+
+def _moment(value: datetime) -> datetime:
+    """A point in time: with a time zone, in UTC, within years a calendar can hold.
+
+    A naive time would be read in the server's zone; a year-1 time with an offset cannot
+    even become UTC. Both are the caller's error, said as such.
+    """
+    if value.tzinfo is None:
+        raise ValueError("give a time zone, e.g. 2026-12-01T00:00:00Z")
+    if not 1970 <= value.year <= 9000:
+        raise ValueError("must be between the years 1970 and 9000")
+    return value.astimezone(UTC)
+
+
+Moment = Annotated[datetime, AfterValidator(_moment)]
+#: Names the templates set themselves; a variable of that name would clash.
+RESERVED = frozenset({"t", "locale", "footer", "postal_address", "name", "policy_title",
+                      "summary", "policy_url", "effective_date", "confirm_url", "topic_label",
+                      "days"})
+#: Templates of messages that answer a user's own request; never a campaign's.
+TRANSACTIONAL_TEMPLATES = frozenset({"confirmation", "preferences_link"})
+
+
+def _variables(value: dict[str, str]) -> dict[str, str]:
+    clash = sorted(set(value) & RESERVED)
+    if clash:
+        raise ValueError(f"{', '.join(clash)}: reserved for what the templates set themselves")
+    for name in value:
+        if not name.isidentifier():
+            raise ValueError(f"{name!r} is not a template variable name (letters, digits, _)")
+    return value
+
+
+def _template(value: str) -> str:
+    if value in TRANSACTIONAL_TEMPLATES:
+        raise ValueError(f"{value!r} answers a user's own request; a campaign cannot use it")
+    return value
+
+
 Label = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
                              examples=["2026-12"])]
-TemplateName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
+TemplateName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$"),
+                         AfterValidator(_template)]
 
 
 # -- shapes ------------------------------------------------------------------------------
@@ -31,16 +71,9 @@ class PolicyIn(Strict):
     title: Text200
     summary: Note = Field(min_length=1, description="the summary of changes the notice quotes")
     url: AnyHttpUrl = Field(description="the full text")
-    effective_at: datetime = Field(description="when it takes effect (with a time zone)")
+    effective_at: Moment = Field(description="when it takes effect (with a time zone)")
     material: bool = Field(description="true: it affects users' rights; every deliverable "
                            "address is told, whatever its topic consents")
-
-    @field_validator("effective_at")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("give a time zone, e.g. 2026-12-01T00:00:00Z")
-        return value
 
 
 class PolicyOut(BaseModel):
@@ -61,8 +94,8 @@ class PolicyList(BaseModel):
 class AudienceFilter(Strict):
     locale: Locale | None = None
     country: Country | None = None
-    created_before: datetime | None = None
-    created_after: datetime | None = None
+    created_before: Moment | None = None
+    created_after: Moment | None = None
 
 
 class CampaignIn(Strict):
@@ -74,11 +107,13 @@ class CampaignIn(Strict):
                               description="the consent topic; none for a policy notice")
     template: TemplateName | None = Field(default=None,
                                           description="defaults to the kind's template")
-    variables: dict[str, Annotated[str, Field(max_length=10_000)]] = Field(
+    variables: Annotated[dict[Annotated[str, Field(max_length=64)],
+                              Annotated[str, Field(max_length=10_000)]],
+                         AfterValidator(_variables)] = Field(
         default_factory=dict, max_length=50, description="template variables")
     audience: AudienceFilter = Field(default_factory=AudienceFilter)
     policy_version: Label | None = Field(default=None, description="for a policy notice")
-    send_at: datetime | None = Field(default=None, description="schedule instead of now")
+    send_at: Moment | None = Field(default=None, description="schedule instead of now")
 
 
 class ErrorOut(BaseModel):
@@ -281,7 +316,8 @@ async def pause(call: Call) -> CampaignOut:
 
 
 async def resume(call: Call) -> CampaignOut:
-    return await campaign_out(await campaigns.resume(campaign_id(call), _key(call)))
+    return await campaign_out(await campaigns.resume(campaign_id(call), _key(call),
+                                                     call.settings.retry_hours))
 
 
 async def cancel(call: Call) -> CampaignOut:
