@@ -61,7 +61,7 @@ class Migration(migrations.Migration):
         ops.AddField(
             model_name='Delivery',
             name='campaign',
-            field=fields.ForeignKeyField('models.Campaign', source_field='campaign_id', null=True, db_constraint=True, to_field='id', related_name='deliveries', on_delete=OnDelete.RESTRICT),
+            field=fields.ForeignKeyField('models.Campaign', source_field='campaign_id', null=True, db_constraint=False, to_field='id', related_name='deliveries', on_delete=OnDelete.RESTRICT),
         ),
         ops.AddField(
             model_name='Delivery',
@@ -71,24 +71,16 @@ class Migration(migrations.Migration):
         ops.AddField(
             model_name='Delivery',
             name='notice_of',
-            field=fields.ForeignKeyField('models.PolicyVersion', source_field='notice_of_id', null=True, db_constraint=True, to_field='id', related_name='notices', on_delete=OnDelete.RESTRICT),
+            field=fields.ForeignKeyField('models.PolicyVersion', source_field='notice_of_id', null=True, db_constraint=False, to_field='id', related_name='notices', on_delete=OnDelete.RESTRICT),
         ),
         ops.AddField(
             model_name='Delivery',
             name='takeovers',
             field=fields.IntField(default=0, db_default=0),
         ),
-        ops.AddIndex(
-            model_name='Delivery',
-            index=Index(fields=['campaign_id', 'status']),
-        ),
         ops.AddConstraint(
             model_name='Delivery',
             constraint=UniqueConstraint(fields=('campaign', 'user', 'channel'), name=None),
-        ),
-        ops.AddConstraint(
-            model_name='Delivery',
-            constraint=UniqueConstraint(fields=('notice_of', 'user'), name=None),
         ),
         ops.AddField(
             model_name='User',
@@ -104,5 +96,12 @@ class Migration(migrations.Migration):
             model_name='User',
             name='phone_hash',
             field=fields.CharField(null=True, db_index=True, max_length=64),
+        ),
+        # Written by hand: one notice per policy version and user. Partial, so the
+        # million deliveries of other campaigns (no notice) stay out of the index.
+        ops.RunSQL(
+            "CREATE UNIQUE INDEX uid_deliveries_notice_once ON deliveries "
+            "(notice_of_id, user_id) WHERE notice_of_id IS NOT NULL",
+            reverse_sql="DROP INDEX uid_deliveries_notice_once",
         ),
     ]

@@ -197,6 +197,10 @@ async def enqueue(campaign: Campaign, topics: Mapping[str, str | None], *, now: 
     conn = connection()
     policy = await _policy(campaign)
     added = 0
+    if _dialect(conn) != "sqlite":
+        # The join of users and consents hashes a million rows: with the default 4 MB it
+        # spills to disk in 32 batches. For this transaction only.
+        await conn.execute_script("SET LOCAL work_mem = '64MB'")
     for channel in campaign.channels:
         sql = Sql(_dialect(conn))
         topic = consent_topic(campaign, policy, topics.get(channel))

@@ -717,3 +717,20 @@ async def test_audience_times_with_any_offset_select_the_same_users(client, orm)
         counts.add((preview["eligible"], tuple(sorted(
             preview["channels"][0]["excluded"].items()))))
     assert len(counts) == 1
+
+
+async def test_the_database_itself_refuses_a_second_notice_of_a_version(client, orm):
+    from tortoise.exceptions import IntegrityError
+
+    with orm:
+        await populate(1, HASH_KEY)
+        user = await User.first()
+        policy = await campaigns.publish_policy(
+            {**POLICY, "effective_at": store.now()}, "test")
+        when = store.now()
+        row = {"user_id": user.id, "channel": "email", "kind": "policy_notice",
+               "notice_of_id": policy.id, "next_attempt_at": when, "deadline": when}
+        await Delivery.create(**row)
+        await Delivery.create(**{**row, "notice_of_id": None})  # not a notice: not bound
+        with pytest.raises(IntegrityError):
+            await Delivery.create(**row)
