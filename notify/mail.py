@@ -54,6 +54,9 @@ def environment(directory: Path = TEMPLATE_DIR) -> jinja2.Environment:
         autoescape=jinja2.select_autoescape(["html"]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
+        # Templates are read once per process: checking their files' times on every
+        # render was a stat() call per template per message.
+        auto_reload=False,
     )
     return env
 

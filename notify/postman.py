@@ -14,10 +14,12 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any, Protocol
 
 import jinja2
+from tortoise import connections
 from tortoise.expressions import F
 from tortoise.transactions import in_transaction
 
@@ -325,7 +327,28 @@ async def record_outcomes(batch: list[Delivery]) -> None:
             delivery.updated_at = now
             mine.append(delivery)
         if mine:
-            await Delivery.bulk_update(mine, fields=_OUTCOME_FIELDS)
+            await _write(mine)
+
+
+async def _write(rows: list[Delivery]) -> None:
+    """One prepared UPDATE executed for every row (executemany): tortoise's bulk_update
+    builds a CASE per field and row in Python, which cost more than the sending it
+    recorded (0.6 ms a message in the profile)."""
+    conn = connections.get("default")
+    sqlite = conn.capabilities.dialect == "sqlite"
+
+    def value(field: str, row: Delivery) -> Any:  # noqa: ANN401
+        found = getattr(row, field)
+        if isinstance(found, datetime) and sqlite:
+            return str(found.astimezone(UTC))  # as tortoise stores them in SQLite
+        return found.value if isinstance(found, StrEnum) else found
+
+    marks = ["?" if sqlite else f"${n}" for n in range(1, len(_OUTCOME_FIELDS) + 2)]
+    assignments = ", ".join(f"{field} = {mark}" for field, mark in zip(_OUTCOME_FIELDS,
+                                                                        marks, strict=False))
+    await conn.execute_many(
+        f"UPDATE deliveries SET {assignments} WHERE id = {marks[-1]}",
+        [[value(field, row) for field in _OUTCOME_FIELDS] + [row.id] for row in rows])
 
 
 @dataclass
