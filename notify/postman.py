@@ -193,8 +193,9 @@ class Postman:
         """The message bytes of a delivery, exactly as sent (signed when DKIM is set)."""
         settings = self.settings
         locale = i18n.choose(user.locale)
-        found = await links.for_user(settings, user, delivery=delivery.id)
         topic = settings.topics.get(delivery.topic) if delivery.topic else None
+        preferences_url, topic_link = await links.for_message(
+            settings, user, topic.name if topic else None, delivery.id)
         # Gmail's Feedback-ID: complaint rates per campaign in its Postmaster Tools.
         headers = {"Message-ID": message_id(settings, delivery.id),
                    "Feedback-ID": f"{campaign.id if campaign else 0}:{delivery.kind}:"
@@ -203,7 +204,7 @@ class Postman:
         if topic is not None:
             # RFC 2369 and RFC 8058: every message a user can unsubscribe from carries
             # both ways out, and the one-click POST that mail providers use.
-            unsubscribe_url = found.unsubscribe[topic.name]
+            unsubscribe_url = topic_link
             mailto = links.mailto_unsubscribe(settings, delivery.id)
             headers["List-Unsubscribe"] = f"<{unsubscribe_url}>, <mailto:{mailto}>"
             headers["List-Unsubscribe-Post"] = links.ONE_CLICK_BODY
@@ -214,7 +215,6 @@ class Postman:
             context.update(policy_title=policy.title, summary=policy.summary,
                            policy_url=policy.url,
                            effective_date=policy.effective_at.date().isoformat())
-        preferences_url: str | None = found.preferences
         if delivery.kind == "confirmation" and topic is not None:
             context.update(topic_label=topic.label(locale), days=settings.pending_days,
                            confirm_url=await links.confirmation(settings, user, topic.name))
