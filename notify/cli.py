@@ -16,7 +16,6 @@ from aiohttp import web
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 from rich.table import Table
-from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.exceptions import OperationalError
 
 from notify import __version__, store
@@ -243,10 +242,10 @@ def run_db(settings: Settings, work, *, create: bool = True) -> int:  # noqa: AN
 def _check_sqlite_dir(database_url: str) -> None:
     # SQLite creates a missing file but not a missing directory, and tortoise then waits
     # forever on the connection lock it never released: say so instead of hanging.
-    url = tortoise_config(database_url)["connections"]["default"]
-    if not url.startswith("sqlite:"):
-        return
-    file_path = expand_db_url(url)["credentials"]["file_path"]
+    connection = tortoise_config(database_url)["connections"]["default"]
+    if isinstance(connection, str):
+        return  # PostgreSQL: a URL; SQLite's is a dict (see notify.sqlite_backend)
+    file_path = connection["credentials"]["file_path"]
     if file_path == ":memory:":
         return
     parent = Path(file_path).expanduser().parent

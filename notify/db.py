@@ -27,8 +27,12 @@ def tortoise_config(database_url: str) -> dict[str, Any]:
         # A CLI import and a running server share the file: wait for the other's write
         # lock instead of failing at once with "database is locked".
         url += ("&" if "?" in url else "?") + "busy_timeout=5000"
+    connection: str | dict[str, Any] = url
+    if url.startswith("sqlite://"):
+        # Write transactions begin IMMEDIATE: see notify.sqlite_backend.
+        connection = {**expand_db_url(url), "engine": "notify.sqlite_backend"}
     return {
-        "connections": {"default": url},
+        "connections": {"default": connection},
         "apps": {APP: {"models": MODELS, "migrations": "migrations",
                        "default_connection": "default"}},
         "use_tz": True,

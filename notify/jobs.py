@@ -12,6 +12,9 @@ from notify.sms.courier import SmsCourier
 
 #: How often the reputation guards look at the sending campaigns.
 GUARD_SECONDS = 5.0
+#: Deliveries a worker claims at once: a pass also runs the other jobs' queries, so fewer,
+#: fuller passes (bench/campaign_send.py). A crashed worker's claims are at most this many.
+EMAIL_BATCH = 200
 
 
 def jobs(settings: Settings, postman: Postman, courier: SmsCourier | None = None) -> list[Job]:
@@ -19,9 +22,7 @@ def jobs(settings: Settings, postman: Postman, courier: SmsCourier | None = None
         return await campaigns.start_scheduled(settings)
 
     async def deliver_email() -> int:
-        # Batches of 200: a pass also runs the other jobs' queries, so fewer, fuller
-        # passes (bench/campaign_send.py); the checks stay per message.
-        return await postman.deliver_due(200)
+        return await postman.deliver_due(EMAIL_BATCH)
 
     async def deliver_sms() -> int:
         return await courier.deliver_due() if courier is not None else 0
