@@ -1,0 +1,89 @@
+"""Preference reads under load (issue #7, target 4): ``GET /v1/users/{id}/consents`` with an
+app bearer key, cycling through many users, from wrk on loopback against N ``notify serve``
+processes. Beside it, the same wrk settings against ``GET /healthz`` of the same processes:
+the aiohttp + loopback ceiling of this machine in this run.
+
+Run from the repository root: ``python bench/preference_reads.py`` (about 70 s; PostgreSQL
+and SQLite). Options: ``--backends postgres,sqlite --procs 2 --connections 16 --seconds 10
+--users 20000 --pool N`` (PostgreSQL pool size; tortoise's default is 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as c  # noqa: E402
+
+TARGET_RATE, TARGET_P99 = 3000, 20
+
+
+async def one_backend(kind: str, args: argparse.Namespace) -> tuple[c.LoadResult, c.LoadResult]:
+    work = c.workdir(f"reads-{kind}")
+    db = c.Database(kind, work)
+    url = c.with_pool(db.url, args.pool)
+    env = c.notify_env(work, url)
+    c.apply_env(env)
+    started = time.perf_counter()
+    servers = None
+    try:
+        population = await c.prepare(db, args.users,
+                                      topics=("newsletter", "email_notifications",
+                                              "sms_notifications"))
+        print(f"[{kind}] {args.users} users written in {time.perf_counter() - started:.1f}s",
+              flush=True)
+        paths = [f"/v1/users/{e}/consents" for e in population.external_ids]
+        servers = c.start_servers(args.procs, env, work)
+        ports = servers.ports
+        loop = asyncio.get_running_loop()
+        auth = {"Authorization": f"Bearer {c.APP_KEY}"}
+
+        def wrk(label: str, items: list[str], seconds: float) -> c.LoadResult:
+            return c.run_wrk(label, ports, c.split(items, len(ports)), headers=auth,
+                             seconds=seconds, connections=args.connections, work=work)
+
+        ceiling = await loop.run_in_executor(None, lambda: wrk("healthz", ["/healthz"],
+                                                               args.seconds))
+        await loop.run_in_executor(None, lambda: wrk("warm", paths, 2))
+        spy = c.start_profile(servers.pids()[0], args.seconds - 1, f"preference_reads-{kind}")
+        watch = c.CpuWatch(servers.pids())
+        result = await loop.run_in_executor(None, lambda: wrk(
+            f"GET consents, {kind}, {args.procs} proc", paths, args.seconds))
+        cpu = watch.report(args.procs)
+        if spy:
+            spy.wait()
+    finally:
+        if servers:
+            servers.stop()
+        await db.drop()
+        c.cleanup(work)
+    print(f"[{kind}] {result.requests} reads, {result.non2xx} not 2xx, "
+          f"{result.socket_errors + result.timeouts} socket errors/timeouts; {cpu}",
+          flush=True)
+    return result, ceiling
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backends", default="postgres,sqlite")
+    parser.add_argument("--procs", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=16, help="per web process")
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--pool", type=int, default=None)
+    args = parser.parse_args()
+    rows = [await one_backend(kind, args) for kind in args.backends.split(",")]
+    c.print_table(f"Preference reads: {args.procs} notify serve processes (one port and one "
+                  f"wrk each), {args.connections} connections per process, "
+                  f"{args.seconds:.0f}s; ceiling = GET /healthz, same processes and wrk "
+                  f"settings", rows, TARGET_RATE, TARGET_P99)
+    return 1 if any(r.non2xx or r.socket_errors for r, _ in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
