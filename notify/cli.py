@@ -243,8 +243,8 @@ def _check_sqlite_dir(database_url: str) -> None:
     # SQLite creates a missing file but not a missing directory, and tortoise then waits
     # forever on the connection lock it never released: say so instead of hanging.
     connection = tortoise_config(database_url)["connections"]["default"]
-    if isinstance(connection, str):
-        return  # PostgreSQL: a URL; SQLite's is a dict (see notify.sqlite_backend)
+    if "file_path" not in connection["credentials"]:
+        return  # PostgreSQL
     file_path = connection["credentials"]["file_path"]
     if file_path == ":memory:":
         return

@@ -8,6 +8,7 @@ PostgreSQL (aerich writes SQL for one backend). docs/architecture.md says more.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -27,10 +28,17 @@ def tortoise_config(database_url: str) -> dict[str, Any]:
         # A CLI import and a running server share the file: wait for the other's write
         # lock instead of failing at once with "database is locked".
         url += ("&" if "?" in url else "?") + "busy_timeout=5000"
-    connection: str | dict[str, Any] = url
+    connection: dict[str, Any] = expand_db_url(url)
     if url.startswith("sqlite://"):
         # Write transactions begin IMMEDIATE: see notify.sqlite_backend.
-        connection = {**expand_db_url(url), "engine": "notify.sqlite_backend"}
+        connection["engine"] = "notify.sqlite_backend"
+    else:
+        credentials = connection["credentials"]
+        # tortoise's default pool is 5 connections a process, for every concurrent request
+        # and the sender: one-click POSTs queued for a connection (bench/one_click.py:
+        # +45% with 16). A URL's own ?maxsize= wins.
+        credentials.setdefault("maxsize", POOL_SIZE)
+        credentials["connection_class"] = _pooled_connection_class()
     return {
         "connections": {"default": connection},
         "apps": {APP: {"models": MODELS, "migrations": "migrations",
@@ -38,6 +46,30 @@ def tortoise_config(database_url: str) -> dict[str, Any]:
         "use_tz": True,
         "timezone": "UTC",
     }
+
+
+#: Connections per process in the PostgreSQL pool, unless the URL says ?maxsize=N.
+POOL_SIZE = 16
+
+
+@functools.cache
+def _pooled_connection_class() -> type:
+    import asyncpg  # the postgres extra: only for a PostgreSQL URL
+
+    class PooledConnection(asyncpg.Connection):
+        """A pooled connection that skips asyncpg's reset query on release.
+
+        The reset (RESET ALL, UNLISTEN *, CLOSE ALL, pg_advisory_unlock_all()) was a fifth
+        of a preference read's time (bench/preference_reads.py). notify sets no session
+        state on pooled connections: settings are SET LOCAL, the one advisory lock
+        (migrations) is released explicitly, nothing LISTENs. An open transaction is
+        still rolled back by asyncpg whatever this returns.
+        """
+
+        def get_reset_query(self) -> str:
+            return ""
+
+    return PooledConnection
 
 
 #: For tortoise's own CLI (``tortoise makemigrations``), named in pyproject.toml.
@@ -51,7 +83,7 @@ async def open_db(database_url: str, *, create: bool = False) -> TortoiseContext
     """
     config = tortoise_config(database_url)
     if create and not database_url.startswith("sqlite"):
-        await _create_if_missing(config["connections"]["default"])
+        await _create_if_missing(database_url)
     ctx = TortoiseContext()
     try:
         with ctx:
@@ -70,7 +102,7 @@ async def _create_if_missing(url: str) -> None:
     """
     import asyncpg  # the postgres extra; only needed for a PostgreSQL URL
 
-    creds = expand_db_url(url)["credentials"]
+    creds = tortoise_config(url)["connections"]["default"]["credentials"]
     name = creds["database"]
     conn = await asyncpg.connect(host=creds.get("host"), port=creds.get("port"),
                                  user=creds.get("user"), password=creds.get("password"),
