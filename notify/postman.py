@@ -121,30 +121,30 @@ class Postman:
         """Decide, compose and send one delivery; the outcome goes onto the object."""
         if store.now() > delivery.deadline:
             # A claim taken over from a dead worker, or left too long: past its deadline.
-            _outcome(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
+            set_outcome(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
                      last_error=delivery.last_error or "deadline passed")
             return
         try:
             envelope = await self._prepare(delivery, known)
         except _Hold:
             # Its campaign was paused meanwhile: wait for resume, no attempt used.
-            _outcome(delivery, DeliveryStatus.HELD)
+            set_outcome(delivery, DeliveryStatus.HELD)
             return
         except _Skip as skip:
             status = (DeliveryStatus.CANCELLED if skip.reason is eligibility.SkipReason.CANCELLED
                       else DeliveryStatus.SKIPPED)
-            _outcome(delivery, status, skip_reason=skip.reason, checked_at=checked_at)
+            set_outcome(delivery, status, skip_reason=skip.reason, checked_at=checked_at)
             return
         except jinja2.TemplateError as exc:
             # Trying again renders the same error: fail now, with the template's words.
-            _outcome(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
+            set_outcome(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
                      last_error=f"template error: {exc}")
             return
         except Exception as exc:
             # A message that cannot be built now will not build later: record why, never
             # leave it claimed to be retried for ever.
             log.exception("delivery %s cannot be composed", delivery.id)
-            _outcome(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
+            set_outcome(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
                      last_error=f"cannot compose: {exc!r}"[:500])
             return
         started = time.perf_counter()
@@ -153,7 +153,7 @@ class Postman:
             # taken it over. Sending now could send twice; leave it to the new owner.
             log.warning("delivery %s: lease expired before sending; left to another worker",
                         delivery.id)
-            _outcome(delivery, DeliveryStatus.SENDING)
+            set_outcome(delivery, DeliveryStatus.SENDING)
             return
         try:
             receipt = await self.channel.send(envelope)
@@ -161,7 +161,7 @@ class Postman:
             await self._failed(delivery, exc, envelope.rcpt_to[0])
             return
         SEND_SECONDS.labels("email").observe(time.perf_counter() - started)
-        _outcome(delivery, DeliveryStatus.SENT, sent_at=store.now(),
+        set_outcome(delivery, DeliveryStatus.SENT, sent_at=store.now(),
                  provider_ref=receipt.reference, attempts=delivery.attempts + 1,
                  checked_at=checked_at)
 
@@ -264,13 +264,13 @@ class Postman:
         attempts = delivery.attempts + 1
         if exc.temporary and store.now() + pause_after(attempts) < delivery.deadline:
             log.info("delivery %s: temporary failure, retrying: %s", delivery.id, exc.detail)
-            _outcome(delivery, DeliveryStatus.QUEUED, attempts=attempts, last_error=exc.detail,
+            set_outcome(delivery, DeliveryStatus.QUEUED, attempts=attempts, last_error=exc.detail,
                      next_attempt_at=store.now() + pause_after(attempts))
             return
         log.warning("delivery %s failed: %s", delivery.id, exc.detail)
         # An unknown mailbox refused at once is a hard bounce, counted as one by the
         # campaign's bounce guard; anything else permanent is a failure.
-        _outcome(delivery, DeliveryStatus.BOUNCED if exc.is_unknown_address
+        set_outcome(delivery, DeliveryStatus.BOUNCED if exc.is_unknown_address
                  else DeliveryStatus.FAILED, attempts=attempts, last_error=exc.detail)
         if exc.is_unknown_address:
             # An unknown mailbox at send time is a hard bounce: never again to it.
@@ -283,14 +283,15 @@ class Postman:
 
 #: What delivering writes back to a delivery row (in one statement per batch).
 _OUTCOME_FIELDS = ("status", "skip_reason", "attempts", "last_error", "next_attempt_at",
-                   "sent_at", "provider_ref", "checked_at", "lease_until", "notice_of_id",
-                   "updated_at")
+                   "deadline", "sent_at", "provider_ref", "checked_at", "lease_until",
+                   "notice_of_id", "updated_at")
 #: A policy notice that ended so never reached the user: it does not count as the one
 #: notice of its version, so a later campaign may bring it.
 _NOT_NOTIFIED = (DeliveryStatus.SKIPPED, DeliveryStatus.FAILED, DeliveryStatus.CANCELLED)
 
 
-def _outcome(delivery: Delivery, status: DeliveryStatus, **values: Any) -> None:
+def set_outcome(delivery: Delivery, status: DeliveryStatus, **values: Any) -> None:
+    """Put an outcome on a claimed delivery; record_outcomes writes it."""
     delivery.status = status
     for name, value in values.items():
         setattr(delivery, name, value)
@@ -430,20 +431,6 @@ async def claim(channel: str, limit: int, lease: timedelta = LEASE) -> list[Deli
             row.takeovers += 1
         row.status, row.lease_until = DeliveryStatus.SENDING, now + lease
     return rows
-
-
-async def finish(delivery: Delivery, status: DeliveryStatus, **values: Any) -> None:
-    """Record the outcome of one claimed delivery and give up its lease, if the claim still
-    holds (see record_outcomes: a takeover or a report's status stands)."""
-    async with in_transaction():
-        if status == DeliveryStatus.HELD and delivery.campaign_id is not None and not \
-                await Campaign.filter(id=delivery.campaign_id,
-                                      status=CampaignStatus.PAUSED).exists():
-            status = DeliveryStatus.QUEUED  # resumed meanwhile
-        query = Delivery.filter(id=delivery.id, status=DeliveryStatus.SENDING)
-        if delivery.lease_until is not None:
-            query = query.filter(lease_until=delivery.lease_until)
-        await query.update(status=status, lease_until=None, **values)
 
 
 class _Hold(Exception):

@@ -1,8 +1,9 @@
 """The courier: turns queued SMS deliveries into sent texts, the SMS twin of the postman.
 
-It shares the postman's outbox machinery (``postman.claim``, ``postman.finish``,
-``postman.pause_after``), so both channels lease, retry and give up the same way. For
-each delivery it asks the eligibility rule again with the phone as the address, holds
+It shares the postman's outbox machinery (``postman.claim``, ``postman.set_outcome``,
+``postman.record_outcomes``, ``postman.pause_after``), so both channels lease, batch,
+retry and give up the same way. For each delivery of a batch it asks the eligibility
+rule again with the phone as the address, holds
 the text back during the recipient's quiet hours, renders and measures it, sends it and
 records the outcome. Twilio's verdicts on the number (21610, 21211, 21614) also suppress
 it, and 21610 withdraws SMS consent (``notify.sms.actions``).
@@ -14,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,6 +35,7 @@ from notify.models import (
     Consent,
     Delivery,
     DeliveryStatus,
+    Suppression,
     User,
 )
 from notify.settings import Channel, Settings, TopicKind
@@ -76,37 +79,51 @@ class SmsCourier:
 
     async def deliver_due(self, limit: int = 50) -> int:
         """One batch of the sender's work: claim due SMS deliveries and deliver them."""
+        if self.settings.sms_rate:
+            # The checks are read for the whole batch before the rate's waits: a batch no
+            # larger than a second's worth keeps each check within a second of its send.
+            limit = max(1, min(limit, self.settings.sms_rate))
         batch = await postman.claim(Channel.SMS.value, limit,
                                     timedelta(seconds=self.settings.worker_lease_seconds))
-        await asyncio.gather(*(self.deliver(d) for d in batch))
+        if batch:
+            await self.deliver_batch(batch)
         return len(batch)
 
     async def deliver(self, delivery: Delivery) -> None:
+        await self.deliver_batch([delivery])
+
+    async def deliver_batch(self, batch: list[Delivery]) -> None:
+        """As the postman does: what the checks need is read for the whole batch at once,
+        the texts go concurrently, the outcomes are written in one statement."""
+        # Taken before the checks read anything (see Postman.deliver_batch).
+        checked_at = store.now()
+        known = await _Batch.load(self.settings, batch)
+        await asyncio.gather(*(self._deliver_one(d, known, checked_at) for d in batch))
+        await postman.record_outcomes(batch)
+
+    async def _deliver_one(self, delivery: Delivery, known: _Batch,
+                           checked_at: datetime) -> None:
         if self._rate is not None:
-            # The rate's wait comes first, so the checks below stay right before the send.
             await self._rate.acquire()
         now = self.clock()
         if now > delivery.deadline:
-            await postman.finish(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
-                                 last_error=delivery.last_error or "deadline passed")
+            postman.set_outcome(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
+                                last_error=delivery.last_error or "deadline passed")
             return
-        campaign = None
-        if delivery.campaign_id is not None:
-            campaign = await Campaign.get(id=delivery.campaign_id)
+        campaign = known.campaigns.get(delivery.campaign_id)
+        if campaign is not None:
             if campaign.status == CampaignStatus.CANCELLED:
-                await postman.finish(delivery, DeliveryStatus.CANCELLED,
-                                     skip_reason=eligibility.SkipReason.CANCELLED)
+                postman.set_outcome(delivery, DeliveryStatus.CANCELLED,
+                                    skip_reason=eligibility.SkipReason.CANCELLED)
                 return
             if campaign.status == CampaignStatus.PAUSED:
-                await postman.finish(delivery, DeliveryStatus.HELD)  # until resumed
+                postman.set_outcome(delivery, DeliveryStatus.HELD)  # until resumed
                 return
-        # Taken before the check reads anything (see Postman.deliver_batch).
-        checked_at = self.clock()
-        user = await User.get(id=delivery.user_id)
-        reason = await self._skip_reason(delivery, user)
+        user = known.users[delivery.user_id]
+        reason = self._skip_reason(delivery, user, known)
         if reason is not None:
-            await postman.finish(delivery, DeliveryStatus.SKIPPED, skip_reason=reason,
-                                 checked_at=checked_at)
+            postman.set_outcome(delivery, DeliveryStatus.SKIPPED, skip_reason=reason,
+                                checked_at=checked_at)
             return
         s = self.settings
         zone = quiet.zone_for(user.time_zone, user.phone, s.sms_default_time_zone)
@@ -115,8 +132,8 @@ class SmsCourier:
             # Quiet hours: wait, queued, until the window opens. Waiting is not a failed
             # attempt, and must not eat into the time left for retries: the deadline moves
             # by the same amount.
-            await postman.finish(delivery, DeliveryStatus.QUEUED, next_attempt_at=opens,
-                                 deadline=delivery.deadline + (opens - now))
+            postman.set_outcome(delivery, DeliveryStatus.QUEUED, next_attempt_at=opens,
+                                deadline=delivery.deadline + (opens - now))
             log.info("delivery %s waits for quiet hours to end at %s", delivery.id,
                      opens.isoformat())
             return
@@ -124,8 +141,8 @@ class SmsCourier:
             body = self.compose(delivery, user, campaign)
         except (jinja2.TemplateError, texts.TooLong) as exc:
             # Rendering again gives the same text: fail now, saying why.
-            await postman.finish(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
-                                 last_error=f"cannot compose: {exc}"[:500])
+            postman.set_outcome(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
+                                last_error=f"cannot compose: {exc}"[:500])
             return
         assert user.phone is not None  # eligibility said there is an address
         message = SmsMessage(to=user.phone, body=body,
@@ -133,6 +150,7 @@ class SmsCourier:
         if delivery.lease_until is not None and store.now() >= delivery.lease_until:
             log.warning("delivery %s: lease expired before sending; left to another worker",
                         delivery.id)
+            postman.set_outcome(delivery, DeliveryStatus.SENDING)  # written by nobody
             return
         started = time.perf_counter()
         try:
@@ -141,9 +159,9 @@ class SmsCourier:
             await self._failed(delivery, user, exc)
             return
         SEND_SECONDS.labels("sms").observe(time.perf_counter() - started)
-        await postman.finish(delivery, DeliveryStatus.SENT, sent_at=self.clock(),
-                             provider_ref=receipt.reference, attempts=delivery.attempts + 1,
-                             checked_at=checked_at)
+        postman.set_outcome(delivery, DeliveryStatus.SENT, sent_at=self.clock(),
+                            provider_ref=receipt.reference, attempts=delivery.attempts + 1,
+                            checked_at=checked_at)
 
     def compose(self, delivery: Delivery, user: User, campaign: Campaign | None = None) -> str:
         """The text of a delivery, exactly as sent; raises TooLong past sms_max_segments.
@@ -157,19 +175,15 @@ class SmsCourier:
         texts.check_length(text, self.settings.sms_max_segments)
         return text
 
-    async def _skip_reason(self, delivery: Delivery,
-                           user: User) -> eligibility.SkipReason | None:
+    def _skip_reason(self, delivery: Delivery, user: User,
+                     known: _Batch) -> eligibility.SkipReason | None:
         settings = self.settings
         topic = settings.topics.get(delivery.topic) if delivery.topic else None
-        consent = None
-        if delivery.topic:
-            consent = await Consent.get_or_none(user_id=user.id, topic=delivery.topic)
-        suppressed = bool(user.phone) and await store.is_suppressed(
-            settings.hash_key, AddressKind.PHONE, user.phone)
+        state = known.states.get((user.id, delivery.topic)) if delivery.topic else None
         who = eligibility.Recipient(
             erased=user.erased_at is not None, address=user.phone,
-            verified=user.phone_verified, suppressed=suppressed,
-            state=ConsentState(consent.state) if consent else None)
+            verified=user.phone_verified, suppressed=known.is_suppressed(user),
+            state=ConsentState(state) if state else None)
         return eligibility.skip_reason(delivery.kind, delivery.topic, topic, who)
 
     async def _failed(self, delivery: Delivery, user: User, exc: DeliveryError) -> None:
@@ -178,11 +192,48 @@ class SmsCourier:
         pause = postman.pause_after(attempts)
         if exc.temporary and now + pause < delivery.deadline:
             log.info("delivery %s: temporary failure, retrying: %s", delivery.id, exc.detail)
-            await postman.finish(delivery, DeliveryStatus.QUEUED, attempts=attempts,
-                                 last_error=exc.detail, next_attempt_at=now + pause)
+            postman.set_outcome(delivery, DeliveryStatus.QUEUED, attempts=attempts,
+                                last_error=exc.detail, next_attempt_at=now + pause)
             return
         log.warning("delivery %s to %s failed: %s", delivery.id, mask(user.phone), exc.detail)
-        await postman.finish(delivery, DeliveryStatus.FAILED, attempts=attempts,
-                             last_error=exc.detail)
+        postman.set_outcome(delivery, DeliveryStatus.FAILED, attempts=attempts,
+                            last_error=exc.detail)
         await actions.apply_error_code(self.settings, user, user.phone, exc.code,
                                        f"delivery {delivery.id}")
+
+
+@dataclass
+class _Batch:
+    """What the checks of one batch need, read with a handful of queries."""
+
+    hash_key: bytes
+    users: dict[int, User]
+    states: dict[tuple[int, str], str]  # (user id, topic) -> consent state
+    suppressed: set[str]  # phone hashes
+    campaigns: dict[int | None, Campaign]
+
+    @classmethod
+    async def load(cls, settings: Settings, batch: list[Delivery]) -> _Batch:
+        user_ids = {d.user_id for d in batch}
+        users = {u.id: u for u in await User.filter(id__in=user_ids)}
+        topics = {d.topic for d in batch if d.topic}
+        states = {}
+        if topics:
+            rows = await Consent.filter(user_id__in=user_ids, topic__in=topics).values_list(
+                "user_id", "topic", "state")
+            states = {(user_id, topic): state for user_id, topic, state in rows}
+        hashes = {_phone_hash(settings.hash_key, u) for u in users.values() if u.phone}
+        suppressed = set(await Suppression.filter(
+            kind=AddressKind.PHONE, address_hash__in=hashes).values_list(
+            "address_hash", flat=True)) if hashes else set()
+        campaign_ids = {d.campaign_id for d in batch if d.campaign_id is not None}
+        campaigns = ({c.id: c for c in await Campaign.filter(id__in=campaign_ids)}
+                     if campaign_ids else {})
+        return cls(settings.hash_key, users, states, suppressed, campaigns)
+
+    def is_suppressed(self, user: User) -> bool:
+        return bool(user.phone) and _phone_hash(self.hash_key, user) in self.suppressed
+
+
+def _phone_hash(hash_key: bytes, user: User) -> str:
+    return user.phone_hash or store.address_hash(hash_key, AddressKind.PHONE, user.phone)
