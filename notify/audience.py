@@ -136,7 +136,8 @@ def _when(value: str | datetime) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 
-async def _policy(campaign: Campaign) -> PolicyVersion | None:
+async def policy_of(campaign: Campaign) -> PolicyVersion | None:
+    """The policy version a notice campaign announces; None for other campaigns."""
     if campaign.policy_version_id is None:
         return None
     return await PolicyVersion.get(id=campaign.policy_version_id)
@@ -145,7 +146,7 @@ async def _policy(campaign: Campaign) -> PolicyVersion | None:
 async def preview(campaign: Campaign, topics: Mapping[str, str | None]) -> list[Audience]:
     """How many would receive the campaign now, per channel, and who not and why."""
     conn = connection()
-    policy = await _policy(campaign)
+    policy = await policy_of(campaign)
     found = []
     for channel in campaign.channels:
         sql = Sql(_dialect(conn))
@@ -178,7 +179,7 @@ async def reasons_by_user(campaign: Campaign, channel: str,
                           topics: Mapping[str, str | None]) -> dict[int, str | None]:
     """Every selected user's reason (None: eligible). For tests and small audiences only."""
     conn = connection()
-    policy = await _policy(campaign)
+    policy = await policy_of(campaign)
     sql = Sql(_dialect(conn))
     reason = _reason_sql(sql, campaign, channel, policy)
     source = _from_sql(sql, campaign, policy, topics.get(channel))
@@ -195,7 +196,7 @@ async def enqueue(campaign: Campaign, topics: Mapping[str, str | None], *, now: 
     twice adds nothing. Returns how many deliveries were added.
     """
     conn = connection()
-    policy = await _policy(campaign)
+    policy = await policy_of(campaign)
     added = 0
     if _dialect(conn) != "sqlite":
         # The join of users and consents hashes a million rows: with the default 4 MB it

@@ -21,7 +21,7 @@ from notify import campaigns, mail
 from notify.channels.factory import email_channel, signer
 from notify.cli import CliError, run_db
 from notify.eligibility import CAMPAIGN_KINDS
-from notify.models import Campaign, CampaignStatus, PolicyVersion
+from notify.models import Campaign, CampaignStatus
 from notify.postman import Postman
 from notify.settings import Settings
 from notify.web.campaigns_api import REASONS, CampaignIn, PolicyIn, TestIn
@@ -212,16 +212,8 @@ def cmd_audience(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
     async def work(ctx) -> int:  # noqa: ANN001
         campaign = await _campaign(args.id)
-        policy = (await PolicyVersion.get(id=campaign.policy_version_id)
-                  if campaign.policy_version_id else None)
-        context: dict[str, Any] = {**campaign.variables, "name": "Ada"}
-        if policy is not None:
-            context.update(policy_title=policy.title, summary=policy.summary,
-                           policy_url=policy.url,
-                           effective_date=policy.effective_at.date().isoformat())
-        email = mail.Email(to="ada@example.com", to_name="Ada", kind=campaign.template,
-                           locale=args.locale, context=context,
-                           footer=mail.Footer(preferences_url=f"{settings.public_url}/preferences"))
+        email = campaigns.sample_email(settings, campaign.template, campaign.variables,
+                                       await campaigns.policy_of(campaign), args.locale)
         subject, text, html = mail.render(email, settings)
         if args.out:
             try:
@@ -345,32 +337,21 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
-    from notify.channels import DeliveryError
-
     body = _checked(TestIn, {"addresses": args.to, "locale": args.locale})
 
     async def work(ctx) -> int:  # noqa: ANN001
         campaign = await _campaign(args.id)
-        if "email" not in campaign.channels:
-            raise CliError("test sends go by email; this campaign has no email channel")
-        policy = (await PolicyVersion.get(id=campaign.policy_version_id)
-                  if campaign.policy_version_id else None)
         channel = email_channel(settings)
-        failed = 0
         try:
-            postman = Postman(settings, channel, signer(settings))
-            for address in dict.fromkeys(body.addresses):
-                try:
-                    await postman.send_test(campaign, policy, address, body.locale)
-                    print(f"sent a test to {address}")
-                except DeliveryError as exc:
-                    print(f"not sent to {address}: {exc.detail}")
-                    failed += 1
+            sent, failed = await campaigns.send_tests(
+                Postman(settings, channel, signer(settings)), campaign, body.addresses,
+                body.locale, _actor())
         finally:
             await channel.close()
-        await campaigns.audit.record(_actor(), "campaign.test", f"campaign:{campaign.id}",
-                                     {"sent": len(body.addresses) - failed,
-                                      "failed": failed})
+        for address in sent:
+            print(f"sent a test to {address}")
+        for address, why in failed.items():
+            print(f"not sent to {address}: {why}")
         return 1 if failed else 0
 
     return run_db(settings, work)

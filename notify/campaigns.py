@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 from tortoise.expressions import Subquery
@@ -18,6 +18,7 @@ from tortoise.functions import Count
 from tortoise.transactions import in_transaction
 
 from notify import audience, audit, i18n, mail, store
+from notify.channels import DeliveryError
 from notify.eligibility import CAMPAIGN_KINDS, NOTICE_TOPIC, POLICY_NOTICE
 from notify.errors import Conflict, InvalidRequest, NotFound
 from notify.models import (
@@ -30,6 +31,9 @@ from notify.models import (
 )
 from notify.settings import Channel, Settings
 from notify.sms import texts as sms_texts
+
+if TYPE_CHECKING:
+    from notify.postman import Postman
 
 #: The template each kind uses unless the campaign names another.
 DEFAULT_TEMPLATE = {POLICY_NOTICE: "policy_change", "newsletter": "newsletter",
@@ -168,18 +172,26 @@ async def create(settings: Settings, spec: Spec, key_id: str) -> Campaign:
     return campaign
 
 
+policy_of = audience.policy_of
+
+
+def sample_email(settings: Settings, template: str, variables: Mapping[str, Any],
+                 policy: PolicyVersion | None, locale: str) -> mail.Email:
+    """A campaign's email as a sample reader, Ada, would get it (previews and checks)."""
+    context: dict[str, Any] = {**variables, "name": "Ada"}
+    if policy is not None:
+        context.update(policy.notice_context())
+    return mail.Email(to="ada@example.com", to_name="Ada", kind=template, locale=locale,
+                      context=context,
+                      footer=mail.Footer(preferences_url=f"{settings.public_url}/preferences"))
+
+
 def check_template(settings: Settings, template: str, variables: Mapping[str, Any],
                    policy: PolicyVersion | None) -> None:
     """Render the email once for a sample reader in every language: a missing template or
     variable is the creator's error now, not a failed delivery per user later."""
-    context: dict[str, Any] = {**variables, "name": "Ada"}
-    if policy is not None:
-        context.update(policy_title=policy.title, summary=policy.summary, policy_url=policy.url,
-                       effective_date=policy.effective_at.date().isoformat())
     for locale in i18n.catalogs():
-        email = mail.Email(to="sample@example.com", to_name="Ada", kind=template,
-                           locale=locale, context=context,
-                           footer=mail.Footer(preferences_url=settings.public_url))
+        email = sample_email(settings, template, variables, policy, locale)
         try:
             mail.render(email, settings)
         except jinja2.TemplateNotFound:
@@ -191,6 +203,25 @@ def check_template(settings: Settings, template: str, variables: Mapping[str, An
         except jinja2.TemplateError as exc:
             raise InvalidRequest(f"template {template!r} does not render: {exc}",
                                  field="body.template") from None
+
+
+async def send_tests(postman: Postman, campaign: Campaign, addresses: list[str],
+                     locale: str, key_id: str) -> tuple[list[str], dict[str, str]]:
+    """One rendering to each address (once each), outside the audience and the counts;
+    audited. Returns the addresses sent to and, for the others, why not."""
+    if Channel.EMAIL.value not in campaign.channels:
+        raise InvalidRequest("test sends go by email; this campaign has no email channel")
+    policy = await policy_of(campaign)
+    sent, failed = [], {}
+    for address in dict.fromkeys(addresses):
+        try:
+            await postman.send_test(campaign, policy, address, locale)
+            sent.append(address)
+        except DeliveryError as exc:
+            failed[address] = exc.detail
+    await audit.record(key_id, "campaign.test", f"campaign:{campaign.id}",
+                       {"sent": len(sent), "failed": len(failed)})
+    return sent, failed
 
 
 async def get(campaign_id: int) -> Campaign:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from tortoise.functions import Count
 
@@ -62,6 +62,4 @@ async def exposition() -> bytes:
     """The text format: this process's own metrics, then the database's counts."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(await database_families()))
-    from prometheus_client import REGISTRY
-
     return generate_latest(REGISTRY) + generate_latest(registry)

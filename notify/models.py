@@ -148,6 +148,11 @@ class PolicyVersion(Model):
     class Meta:
         table = "policy_versions"
 
+    def notice_context(self) -> dict[str, str]:
+        """The template variables of a notice of this version (templates/emails/policy_change)."""
+        return {"policy_title": self.title, "summary": self.summary, "policy_url": self.url,
+                "effective_date": self.effective_at.date().isoformat()}
+
 
 class CampaignStatus(StrEnum):
     """Where a campaign stands. Same words in the API, the CLI and the console."""

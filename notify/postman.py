@@ -112,11 +112,11 @@ class Postman:
         # Taken before the check reads anything: a withdrawal recorded before this moment
         # is always seen by the check (the campaign status measures the rest).
         checked_at = store.now()
-        known = await _Batch.load(self.settings, batch)
+        known = await Batch.load(self.settings, batch)
         await asyncio.gather(*(self._deliver_one(d, known, checked_at) for d in batch))
         await record_outcomes(batch)
 
-    async def _deliver_one(self, delivery: Delivery, known: _Batch, checked_at: datetime
+    async def _deliver_one(self, delivery: Delivery, known: Batch, checked_at: datetime
                            ) -> None:
         """Decide, compose and send one delivery; the outcome goes onto the object."""
         if store.now() > delivery.deadline:
@@ -165,7 +165,7 @@ class Postman:
                  provider_ref=receipt.reference, attempts=delivery.attempts + 1,
                  checked_at=checked_at)
 
-    async def _prepare(self, delivery: Delivery, known: _Batch) -> Envelope:
+    async def _prepare(self, delivery: Delivery, known: Batch) -> Envelope:
         settings = self.settings
         campaign = known.campaigns.get(delivery.campaign_id)
         if campaign is not None:
@@ -212,9 +212,7 @@ class Postman:
         context = {**(campaign.variables if campaign else {}), **delivery.context,
                    "name": user.name}
         if policy is not None:
-            context.update(policy_title=policy.title, summary=policy.summary,
-                           policy_url=policy.url,
-                           effective_date=policy.effective_at.date().isoformat())
+            context.update(policy.notice_context())
         if delivery.kind == "confirmation" and topic is not None:
             context.update(topic_label=topic.label(locale), days=settings.pending_days,
                            confirm_url=await links.confirmation(settings, user, topic.name))
@@ -244,9 +242,7 @@ class Postman:
         settings = self.settings
         context: dict[str, Any] = {**campaign.variables, "name": None}
         if policy is not None:
-            context.update(policy_title=policy.title, summary=policy.summary,
-                           policy_url=policy.url,
-                           effective_date=policy.effective_at.date().isoformat())
+            context.update(policy.notice_context())
         topic = settings.topics.get(campaign.topic) if campaign.topic else None
         email = mail.Email(
             to=address, to_name=None, kind=campaign.template, locale=i18n.choose(locale),
@@ -353,18 +349,22 @@ async def _write(rows: list[Delivery]) -> None:
 
 
 @dataclass
-class _Batch:
-    """What the eligibility checks of one batch need, read with a handful of queries."""
+class Batch:
+    """What the eligibility checks of one claimed batch need, read with a handful of
+    queries: the users, their consents to the batch's topics, which of their addresses
+    (email or phone, by ``kind``) are suppressed, the campaigns and the policy versions."""
 
     hash_key: bytes
+    kind: AddressKind
     users: dict[int, User]
     states: dict[tuple[int, str], str]  # (user id, topic) -> consent state
-    suppressed: set[str]  # email hashes
+    suppressed: set[str]  # address hashes
     campaigns: dict[int | None, Campaign]
     policies: dict[int | None, PolicyVersion]
 
     @classmethod
-    async def load(cls, settings: Settings, batch: list[Delivery]) -> _Batch:
+    async def load(cls, settings: Settings, batch: list[Delivery],
+                   kind: AddressKind = AddressKind.EMAIL) -> Batch:
         user_ids = {d.user_id for d in batch}
         users = {u.id: u for u in await User.filter(id__in=user_ids)}
         topics = {d.topic for d in batch if d.topic}
@@ -373,26 +373,30 @@ class _Batch:
             rows = await Consent.filter(user_id__in=user_ids, topic__in=topics).values_list(
                 "user_id", "topic", "state")
             states = {(user_id, topic): state for user_id, topic, state in rows}
-        hashes = {_email_hash(settings.hash_key, u) for u in users.values() if u.email}
-        suppressed = set(await Suppression.filter(
-            kind=AddressKind.EMAIL, address_hash__in=hashes).values_list(
-            "address_hash", flat=True)) if hashes else set()
+        found = cls(settings.hash_key, kind, users, states, set(), {}, {})
+        hashes = {found.address_hash(u) for u in users.values() if found.address(u)}
+        if hashes:
+            found.suppressed = set(await Suppression.filter(
+                kind=kind, address_hash__in=hashes).values_list("address_hash", flat=True))
         campaign_ids = {d.campaign_id for d in batch if d.campaign_id is not None}
+        if campaign_ids:
+            found.campaigns = {c.id: c for c in await Campaign.filter(id__in=campaign_ids)}
         policy_ids = {d.notice_of_id for d in batch if d.notice_of_id is not None}
-        campaigns = ({c.id: c for c in await Campaign.filter(id__in=campaign_ids)}
-                     if campaign_ids else {})
-        policies = ({p.id: p for p in await PolicyVersion.filter(id__in=policy_ids)}
-                    if policy_ids else {})
+        if policy_ids:
+            found.policies = {p.id: p for p in await PolicyVersion.filter(id__in=policy_ids)}
         await store.give_handles([u for u in users.values() if u.handle is None])
-        return cls(settings.hash_key, users, states, suppressed, campaigns, policies)
+        return found
+
+    def address(self, user: User) -> str | None:
+        return user.email if self.kind is AddressKind.EMAIL else user.phone
+
+    def address_hash(self, user: User) -> str:
+        # Kept on the row by store.save_user; computed for a row written some other way.
+        kept = user.email_hash if self.kind is AddressKind.EMAIL else user.phone_hash
+        return kept or store.address_hash(self.hash_key, self.kind, self.address(user))
 
     def is_suppressed(self, user: User) -> bool:
-        return bool(user.email) and _email_hash(self.hash_key, user) in self.suppressed
-
-
-def _email_hash(hash_key: bytes, user: User) -> str:
-    # Kept on the row by store.save_user; computed for a row written some other way.
-    return user.email_hash or store.address_hash(hash_key, AddressKind.EMAIL, user.email)
+        return bool(self.address(user)) and self.address_hash(user) in self.suppressed
 
 
 async def claim(channel: str, limit: int, lease: timedelta = LEASE) -> list[Delivery]:

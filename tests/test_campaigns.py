@@ -588,7 +588,7 @@ async def test_pause_and_resume_while_a_batch_is_out_leave_nothing_held(client, 
         paused_view = await postman.claim("email", 10)  # nothing due while paused
         assert paused_view == []
         # The batch was read while paused ...
-        known = await postman._Batch.load(client.app[POSTMAN].settings, batch)
+        known = await postman.Batch.load(client.app[POSTMAN].settings, batch)
     await client.post(f"/v1/campaigns/{made['id']}/resume", headers=ADMIN)
     with orm:
         # ... and is written after the resume: queued again, not held for ever.

@@ -15,7 +15,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,10 +31,8 @@ from notify.models import (
     AddressKind,
     Campaign,
     CampaignStatus,
-    Consent,
     Delivery,
     DeliveryStatus,
-    Suppression,
     User,
 )
 from notify.settings import Channel, Settings, TopicKind
@@ -97,11 +94,11 @@ class SmsCourier:
         the texts go concurrently, the outcomes are written in one statement."""
         # Taken before the checks read anything (see Postman.deliver_batch).
         checked_at = store.now()
-        known = await _Batch.load(self.settings, batch)
+        known = await postman.Batch.load(self.settings, batch, AddressKind.PHONE)
         await asyncio.gather(*(self._deliver_one(d, known, checked_at) for d in batch))
         await postman.record_outcomes(batch)
 
-    async def _deliver_one(self, delivery: Delivery, known: _Batch,
+    async def _deliver_one(self, delivery: Delivery, known: postman.Batch,
                            checked_at: datetime) -> None:
         if self._rate is not None:
             await self._rate.acquire()
@@ -176,7 +173,7 @@ class SmsCourier:
         return text
 
     def _skip_reason(self, delivery: Delivery, user: User,
-                     known: _Batch) -> eligibility.SkipReason | None:
+                     known: postman.Batch) -> eligibility.SkipReason | None:
         settings = self.settings
         topic = settings.topics.get(delivery.topic) if delivery.topic else None
         state = known.states.get((user.id, delivery.topic)) if delivery.topic else None
@@ -201,39 +198,3 @@ class SmsCourier:
         await actions.apply_error_code(self.settings, user, user.phone, exc.code,
                                        f"delivery {delivery.id}")
 
-
-@dataclass
-class _Batch:
-    """What the checks of one batch need, read with a handful of queries."""
-
-    hash_key: bytes
-    users: dict[int, User]
-    states: dict[tuple[int, str], str]  # (user id, topic) -> consent state
-    suppressed: set[str]  # phone hashes
-    campaigns: dict[int | None, Campaign]
-
-    @classmethod
-    async def load(cls, settings: Settings, batch: list[Delivery]) -> _Batch:
-        user_ids = {d.user_id for d in batch}
-        users = {u.id: u for u in await User.filter(id__in=user_ids)}
-        topics = {d.topic for d in batch if d.topic}
-        states = {}
-        if topics:
-            rows = await Consent.filter(user_id__in=user_ids, topic__in=topics).values_list(
-                "user_id", "topic", "state")
-            states = {(user_id, topic): state for user_id, topic, state in rows}
-        hashes = {_phone_hash(settings.hash_key, u) for u in users.values() if u.phone}
-        suppressed = set(await Suppression.filter(
-            kind=AddressKind.PHONE, address_hash__in=hashes).values_list(
-            "address_hash", flat=True)) if hashes else set()
-        campaign_ids = {d.campaign_id for d in batch if d.campaign_id is not None}
-        campaigns = ({c.id: c for c in await Campaign.filter(id__in=campaign_ids)}
-                     if campaign_ids else {})
-        return cls(settings.hash_key, users, states, suppressed, campaigns)
-
-    def is_suppressed(self, user: User) -> bool:
-        return bool(user.phone) and _phone_hash(self.hash_key, user) in self.suppressed
-
-
-def _phone_hash(hash_key: bytes, user: User) -> str:
-    return user.phone_hash or store.address_hash(hash_key, AddressKind.PHONE, user.phone)

@@ -10,7 +10,6 @@ from aiohttp import web
 from pydantic import AfterValidator, AnyHttpUrl, BaseModel, Field
 
 from notify import audit, campaigns
-from notify.channels import DeliveryError
 from notify.eligibility import CAMPAIGN_KINDS, SkipReason
 from notify.errors import InvalidRequest, NotFound
 from notify.models import Campaign, PolicyVersion
@@ -254,8 +253,7 @@ def campaign_id(call: Call) -> int:
 
 async def campaign_out(campaign: Campaign) -> CampaignOut:
     found = await campaigns.progress(campaign)
-    policy = (await PolicyVersion.get(id=campaign.policy_version_id)
-              if campaign.policy_version_id else None)
+    policy = await campaigns.policy_of(campaign)
     return CampaignOut(
         id=campaign.id, name=campaign.name, kind=campaign.kind, channels=campaign.channels,
         topic=campaign.topic, template=campaign.template, variables=campaign.variables,
@@ -327,20 +325,8 @@ async def cancel(call: Call) -> CampaignOut:
 async def test_send(call: Call) -> TestOut:
     body: TestIn = call.body
     campaign = await campaigns.get(campaign_id(call))
-    if Channel.EMAIL.value not in campaign.channels:
-        raise InvalidRequest("test sends go by email; this campaign has no email channel")
-    policy = (await PolicyVersion.get(id=campaign.policy_version_id)
-              if campaign.policy_version_id else None)
-    postman = call.request.app[POSTMAN]
-    sent, failed = [], {}
-    for address in dict.fromkeys(body.addresses):
-        try:
-            await postman.send_test(campaign, policy, address, body.locale)
-            sent.append(address)
-        except DeliveryError as exc:
-            failed[address] = exc.detail
-    await campaigns.audit.record(_key(call), "campaign.test", f"campaign:{campaign.id}",
-                                 {"sent": len(sent), "failed": len(failed)})
+    sent, failed = await campaigns.send_tests(call.request.app[POSTMAN], campaign,
+                                              body.addresses, body.locale, _key(call))
     return TestOut(sent=sent, failed=failed)
 
 
