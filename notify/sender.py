@@ -17,6 +17,8 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+from notify.db import is_unavailable
+
 log = logging.getLogger(__name__)
 
 Job = Callable[[], Awaitable[int]]
@@ -27,20 +29,34 @@ class Sender:
         self.poll_seconds = poll_seconds
         self.jobs = list(jobs or [])
         self.passes = 0
+        #: The database was away on the last pass (a restart, a failover): sending pauses.
+        self.database_away = False
         self._stop = asyncio.Event()
 
     async def run_once(self) -> int:
         """One pass over every job; returns how many items they handled."""
         handled = 0
+        away = None
         for job in self.jobs:
             try:
                 handled += await job()
-            except Exception:
+            except Exception as exc:
+                if is_unavailable(exc):
+                    # Every other job needs the database too: end the pass, wait a poll
+                    # and try again. Said once, not a traceback per pass.
+                    away = exc
+                    break
                 # One failing job must not stop the others or the loop; it is retried on
                 # the next pass.
                 log.exception("sender job %s failed", getattr(job, "__name__", job))
         self.passes += 1
-        return handled
+        if away is not None and not self.database_away:
+            log.warning("database unavailable (%s: %s); sending paused until it answers",
+                        type(away).__name__, away)
+        elif away is None and self.database_away:
+            log.warning("database available again; sending resumed")
+        self.database_away = away is not None
+        return 0 if away is not None else handled
 
     async def run(self) -> None:
         log.info("sender started (poll every %.1fs)", self.poll_seconds)
@@ -90,10 +106,30 @@ def only_sender(database_url: str) -> Iterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def running(sender: Sender) -> AsyncIterator[Sender]:
+async def running(sender: Sender, grace: float | None = None) -> AsyncIterator[Sender]:
+    """Run the sender in the background; on the way out stop it within ``grace`` seconds."""
     task = asyncio.create_task(sender.run(), name="notify-sender")
     try:
         yield sender
     finally:
-        sender.stop()
-        await task
+        await stop_within(sender, task, grace)
+
+
+async def stop_within(sender: Sender, task: asyncio.Task, grace: float | None) -> None:
+    """Let the pass in flight finish (its sends and their outcomes), then stop; cut it off
+    after ``grace`` seconds.
+
+    Cut off, a batch records what it had handed over (``postman.finish_batch``); the rest
+    of its claims stay ``sending`` and another worker takes them over when their lease
+    runs out, so nothing is lost.
+    """
+    sender.stop()
+    done, _ = await asyncio.wait({task}, timeout=grace)
+    if not done:
+        log.warning("the sender did not finish its batch within %ss of the stop; cutting it "
+                    "off: its unfinished deliveries are taken over when their lease runs out",
+                    grace)
+        task.cancel()
+        await asyncio.wait({task})
+    if not task.cancelled() and task.exception() is not None:
+        raise task.exception()

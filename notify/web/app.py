@@ -105,9 +105,17 @@ async def _courier(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _sender(app: web.Application) -> AsyncIterator[None]:
-    app[SENDER] = Sender(jobs=jobs(app[SETTINGS], app[POSTMAN], app[COURIER]))
-    with only_sender(app[SETTINGS].database_url):
-        async with running(app[SENDER]):
+    settings = app[SETTINGS]
+    app[SENDER] = sender = Sender(jobs=jobs(settings, app[POSTMAN], app[COURIER]))
+
+    async def stop_sending(app: web.Application) -> None:
+        # At the start of a shutdown, while the requests in flight finish: the sender's
+        # batch finishes meanwhile, within the same shutdown timeout.
+        sender.stop()
+
+    app.on_shutdown.append(stop_sending)
+    with only_sender(settings.database_url):
+        async with running(sender, grace=settings.shutdown_timeout):
             yield
 
 

@@ -52,7 +52,12 @@ def _browser_locale(request: web.Request, user: User | None = None) -> str:
 
 
 def invalid(request: web.Request) -> web.Response:
-    return render(request, "invalid.html", _browser_locale(request), status=404)
+    return browser_page(request, "invalid.html", status=404)
+
+
+def browser_page(request: web.Request, name: str, status: int) -> web.Response:
+    """A page that needs no user: in the browser's language."""
+    return render(request, name, _browser_locale(request), status=status)
 
 
 async def _resolve(request: web.Request, purpose: Purpose) -> tuple[tokens.Link, User] | None:

@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from pydantic import ValidationError
-from tortoise.exceptions import DBConnectionError
 
+from notify.db import is_unavailable
 from notify.errors import Conflict, FieldError, InvalidRequest, NotFound, NotifyError
 from notify.web.schemas import FieldProblem, Problem
 
@@ -97,13 +97,33 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         if exc.status == 413:
             return problem(413, PayloadTooLarge.title, exc.text or "request body too large")
         return problem(exc.status, exc.reason, exc.reason, headers=_allow(exc))
-    except (DBConnectionError, ConnectionError) as exc:
-        log.warning("database unavailable: %s", exc)
-        return problem(503, "Service unavailable", "the database is unavailable; retry shortly",
-                       headers={"Retry-After": "5"})
-    except Exception:
+    except Exception as exc:
+        if is_unavailable(exc):
+            # The database restarts, fails over or is unreachable: nothing is wrong with
+            # the request, so the caller is told to come back (a mail provider retries a
+            # one-click POST), and our log gets one line, not a traceback per request.
+            log.warning("database unavailable for %s %s: %s", request.method, request.path,
+                        f"{type(exc).__name__}: {exc}")
+            return unavailable(request)
         log.exception("unhandled error in %s %s", request.method, request.path)
         return problem(500, "Internal error", "an internal error occurred; it has been logged")
+
+
+#: Seconds a client is asked to wait while the database is away (a restart takes a few).
+RETRY_AFTER = "5"
+
+
+def unavailable(request: web.Request) -> web.Response:
+    """503 with Retry-After: a page for a person's browser, a problem for the rest."""
+    headers = {"Retry-After": RETRY_AFTER}
+    if "text/html" in request.headers.get("Accept", "") and not request.path.startswith("/v1/"):
+        from notify.web.pages import browser_page  # the pages import this module
+
+        response = browser_page(request, "unavailable.html", status=503)
+        response.headers.update(headers)
+        return response
+    return problem(503, "Service unavailable", "the database is unavailable; retry shortly",
+                   headers=headers)
 
 
 def _allow(exc: web.HTTPException) -> dict[str, str] | None:
