@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -51,6 +52,23 @@ def tortoise_config(database_url: str) -> dict[str, Any]:
 
 #: Connections per process in the PostgreSQL pool, unless the URL says ?maxsize=N.
 POOL_SIZE = 16
+
+
+class _OutageWithoutTraceback(logging.Filter):
+    """asyncpg's pool reconnects in the background while the server is away and logs a
+    traceback at every try; an outage is expected, so it becomes one line with the reason.
+    Anything else keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] and is_unavailable(record.exc_info[1]):
+            error = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(error).__name__}: {error})"
+            record.args = None
+            record.exc_info = record.exc_text = None
+        return True
+
+
+logging.getLogger("asyncpg.pool").addFilter(_OutageWithoutTraceback())
 
 
 @functools.cache
@@ -202,4 +220,9 @@ def _is_away(exc: BaseException) -> bool:
         return True
     # "connection is closed", "pool is closing": the connection went away mid-use. Other
     # interface errors are our own misuse, a bug to see in the log.
-    return isinstance(exc, asyncpg.InterfaceError) and "clos" in str(exc)
+    if isinstance(exc, asyncpg.InterfaceError):
+        return "clos" in str(exc)
+    # A pooled connection whose server ended the session while it sat idle (57P01 read
+    # as it was handed out) fails its next query with "cannot switch to state ...;
+    # another operation is in progress" (seen in tests/test_faults.py).
+    return isinstance(exc, pg._base.InternalClientError) and "another operation" in str(exc)

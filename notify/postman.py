@@ -352,7 +352,7 @@ async def record_outcomes(batch: list[Delivery]) -> None:
     # is these few lines.
     while True:
         try:
-            return await _record_outcomes(batch, claimed)
+            await _record_outcomes(batch, claimed)
         except Exception as exc:
             if not is_unavailable(exc):
                 raise
@@ -363,6 +363,10 @@ async def record_outcomes(batch: list[Delivery]) -> None:
                 raise
             log.warning("database unavailable while recording %d outcomes (%s); trying "
                         "again in %.1fs", len(batch), type(exc).__name__, pause)
+        else:
+            if pause > OUTCOME_RETRY_FIRST:
+                log.warning("database available again; %d outcomes recorded", len(batch))
+            return
         await asyncio.sleep(pause)
         pause = min(pause * 2, OUTCOME_RETRY_MAX)
 

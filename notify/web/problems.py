@@ -102,7 +102,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             # The database restarts, fails over or is unreachable: nothing is wrong with
             # the request, so the caller is told to come back (a mail provider retries a
             # one-click POST), and our log gets one line, not a traceback per request.
-            log.warning("database unavailable for %s %s: %s", request.method, request.path,
+            # The route, not the path: a page's path holds its link's token.
+            log.warning("database unavailable for %s %s: %s", request.method, _route(request),
                         f"{type(exc).__name__}: {exc}")
             return unavailable(request)
         log.exception("unhandled error in %s %s", request.method, request.path)
@@ -124,6 +125,11 @@ def unavailable(request: web.Request) -> web.Response:
         return response
     return problem(503, "Service unavailable", "the database is unavailable; retry shortly",
                    headers=headers)
+
+
+def _route(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "(no route)"
 
 
 def _allow(exc: web.HTTPException) -> dict[str, str] | None:
