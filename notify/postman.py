@@ -311,9 +311,14 @@ async def finish_batch(batch: list[Delivery], sends: list[Awaitable[None]]) -> N
     try:
         results = await asyncio.gather(*sends, return_exceptions=True)
     except asyncio.CancelledError:
-        # Cut off by the shutdown timeout: what was handed over is recorded all the same,
-        # and what was not keeps its claim (``sending``) for a takeover.
-        await record_outcomes(batch)
+        # Cut off by the shutdown timeout: what was handed over is recorded if the
+        # database still answers, and what was not keeps its claim (``sending``) for a
+        # takeover. The cancellation goes on either way.
+        try:
+            await record_outcomes(batch)
+        except Exception as exc:  # noqa: BLE001 - going down; a takeover follows
+            log.warning("cut off: could not record the outcomes of %d deliveries (%s); "
+                        "they will be taken over", len(batch), type(exc).__name__)
         raise
     await record_outcomes(batch)
     for result in results:

@@ -27,14 +27,16 @@ class CountingRelay:
     """An aiosmtpd handler that counts each recipient of each accepted message, after an
     optional pause per message (a slow or hung relay)."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, delays: dict[str, float] | None = None) -> None:
         self.delay = delay
+        self.delays = delays or {}  # by recipient
         self.received: Counter = Counter()
         self.lock = threading.Lock()
 
     async def handle_DATA(self, server, session, envelope):  # noqa: ANN001, ANN201, N802
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        delay = self.delays.get(envelope.rcpt_tos[0], self.delay)
+        if delay:
+            await asyncio.sleep(delay)
         with self.lock:
             self.received.update(envelope.rcpt_tos)
         return "250 2.0.0 queued"

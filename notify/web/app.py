@@ -17,6 +17,7 @@ from notify.postman import Postman
 from notify.sender import Sender, only_sender, running
 from notify.settings import Settings
 from notify.sms.courier import SmsCourier
+from notify.web import in_flight
 from notify.web.endpoints import DB, LIMITER, POSTMAN, SETTINGS, openapi
 from notify.web.pages_routes import PAGES
 from notify.web.problems import Handler, problem_middleware
@@ -33,9 +34,10 @@ def make_app(
     """Build the app. Tests leave ``start_sender`` off and drive the sender themselves."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[security_headers, problem_middleware],
+        middlewares=[in_flight.track, security_headers, problem_middleware],
     )
     app[SETTINGS] = settings
+    in_flight.cut_off_at_shutdown(app, settings.shutdown_timeout)
     app[LIMITER] = Limiter()
     app.cleanup_ctx.append(_database(settings, migrate=migrate))
     app.cleanup_ctx.append(_postman)
@@ -111,7 +113,7 @@ async def _sender(app: web.Application) -> AsyncIterator[None]:
     async def stop_sending(app: web.Application) -> None:
         # At the start of a shutdown, while the requests in flight finish: the sender's
         # batch finishes meanwhile, within the same shutdown timeout.
-        sender.stop()
+        sender.stop(settings.shutdown_timeout)
 
     app.on_shutdown.append(stop_sending)
     with only_sender(settings.database_url):
