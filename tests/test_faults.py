@@ -47,8 +47,10 @@ def test_a_sending_worker_pauses_while_the_database_restarts_and_sends_once(
     relay = CountingRelay()
     controller = start_relay(relay)
     url = private_pg.url(f"send_{mode}")
-    # 60 a second: the campaign takes ~3 s, so the restart lands in the middle of it.
-    env, campaign_id = prepare(url, tmp_path / "data", USERS, NOTIFY_WORKER_LEASE_SECONDS="8",
+    # 60 a second: the campaign takes ~3 s, so the restart lands in the middle of it. The
+    # lease outlasts the outage (a crash's recovery took up to 5 s on a busy machine):
+    # outcomes handed over are written once the database is back, within the lease.
+    env, campaign_id = prepare(url, tmp_path / "data", USERS, NOTIFY_WORKER_LEASE_SECONDS="10",
                                **smtp_env(controller.port, NOTIFY_SMTP_RATE="60"))
     log = tmp_path / "worker.log"
     proc = worker(env, tmp_path, log)

@@ -87,7 +87,7 @@ async def test_a_relay_that_is_down_keeps_the_backlog_waiting_then_drains_it(dat
     # While the relay was down: queued for a later try with the reason, not failed.
     assert {d.status for d in waiting} == {"queued"}
     assert all(d.last_error.startswith("connection to the relay failed") for d in waiting)
-    assert all(d.next_attempt_at > d.updated_at + timedelta(seconds=0.7) for d in waiting)
+    assert all(d.next_attempt_at > d.updated_at + timedelta(seconds=0.5) for d in waiting)
     # Growing pauses, not a busy loop: about 1 s, then 2 s, so two or three tries each.
     assert {d.status for d in done} == {"sent"}
     assert all(2 <= d.attempts <= 3 for d in done), Counter(d.attempts for d in done)
