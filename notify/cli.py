@@ -18,7 +18,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from rich.table import Table
 from tortoise.exceptions import OperationalError
 
-from notify import __version__, store
+from notify import __version__, logs, store
 from notify.channels.factory import email_channel, signer
 from notify.channels.sms import sms_channel
 from notify.consent import ConsentSource
@@ -193,8 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         _error(f"configuration error: {exc}")
         return EXIT_USAGE
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Every line goes through one masking formatter: no address, number or token in logs.
+    logs.configure(settings.log_level)
     try:
         return args.run(args, settings)
     except (NotifyError, ImportFileError, CliError) as exc:
