@@ -14,6 +14,7 @@ import pytest
 from support import ADMIN, APP, environ_for, free_port
 from test_cli import CLI, clean_env, stop, wait_for_line
 
+from notify import campaigns
 from notify.logs import mask_text
 from notify.models import User
 from notify.web.endpoints import POSTMAN
@@ -180,3 +181,49 @@ async def test_erasure_leaves_no_contact_data_in_any_table(client, orm, alice):
 async def _user(orm):  # noqa: ANN001, ANN202
     with orm:
         return await User.get(external_id="alice")
+
+
+_URL = re.compile(r"(?:https?://|mailto:)[^\s\"'<>]+")
+_TOKEN_ROUTE = re.compile(r"/(?:u|preferences|confirm)/[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\."
+                          r"[A-Za-z0-9_-]{43}")
+
+
+async def test_urls_in_messages_carry_only_the_opaque_token(client, orm, alice, settings):
+    """§2.5's link in every email: it names nobody. Only the signed token, which holds a
+    random handle (never the id, address or name), appears in a URL or a mailto."""
+    assert (await client.put("/v1/users/alice/consents/newsletter", json={
+        "subscribed": True, "source": "profile_settings"}, headers=APP)).status == 200
+    # Double opt-in: the confirmation went at once; confirming makes her a subscriber.
+    [confirmation] = settings.outbox_dir.glob("*.eml")
+    [confirm] = {u for u in _URL.findall(_decoded(confirmation.read_bytes())) if "/confirm/" in u}
+    assert (await client.post(confirm.split(settings.public_url, 1)[1],
+                              data={"action": "confirm"})).status == 200
+    await client.app[POSTMAN].enqueue(await _user(orm), "preferences_link")
+    with orm:
+        campaign = await campaigns.create(settings, campaigns.Spec(
+            name="news", kind="newsletter", topic="newsletter",
+            variables={"subject": "News for {{ name }}", "body": "Hello {{ name }}"}), "test")
+        await campaigns.send(settings, campaign.id, "test")
+        assert await client.app[POSTMAN].deliver_due() == 2
+    messages = sorted(settings.outbox_dir.glob("*.eml"))
+    urls = [url for path in messages for url in _URL.findall(_decoded(path.read_bytes()))]
+    assert any("/preferences/" in url for url in urls) and any("mailto:" in u for u in urls)
+    for url in urls:
+        lowered = url.lower()
+        for secret in ("alice", "4915123456789", "%40"):
+            assert secret not in lowered, f"{secret!r} in {url}"
+        if url.startswith("mailto:"):
+            continue
+        path = url.split(settings.public_url, 1)[1]
+        assert _TOKEN_ROUTE.fullmatch(path) or path in ("/policy", "/preferences"), url
+
+
+def _decoded(raw: bytes) -> str:
+    import email
+    from email import policy
+
+    message = email.message_from_bytes(raw, policy=policy.default)
+    parts = [str(value) for _, value in message.items()]
+    parts += [part.get_content() for part in message.walk()
+              if part.get_content_maintype() == "text"]
+    return "\n".join(parts)
