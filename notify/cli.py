@@ -18,7 +18,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from rich.table import Table
 from tortoise.exceptions import OperationalError
 
-from notify import __version__, logs, store
+from notify import __version__, logs, retention, store
 from notify.channels.factory import email_channel, signer
 from notify.channels.sms import sms_channel
 from notify.consent import ConsentSource
@@ -132,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     withdraw.add_argument("--actor", required=True, help="who acts (the support agent)")
     withdraw.add_argument("--note", required=True, help="why: the user's request, a ticket")
     withdraw.set_defaults(run=cmd_consents_withdraw)
+    prune = consents.add_parser(
+        "prune", help="delete superseded ledger events past the retention period",
+        description="Delete ledger events older than the retention period that a newer event "
+        "of the same user and topic superseded; the newest event per user and topic always "
+        "stays (docs/privacy.md). The worker does this once an hour.")
+    prune.add_argument("--days", type=_positive, default=None,
+                       help="the retention period in days (default: ledger_retention_days)")
+    prune.set_defaults(run=cmd_consents_prune)
     dkim = commands.add_parser("dkim", help="DKIM keys").add_subparsers(
         dest="dkim_command", metavar="ACTION", required=True)
     keygen = dkim.add_parser(
@@ -413,6 +421,20 @@ def cmd_consents_withdraw(args: argparse.Namespace, settings: Settings) -> int:
                 default_policy=settings.policy_version)
             print(f"{name}: {'withdrawn' if change.is_change else 'already not subscribed'}"
                   f" ({change.from_state or 'never asked'} -> unsubscribed)")
+        return 0
+
+    return run_db(settings, work, create=False)
+
+
+def cmd_consents_prune(args: argparse.Namespace, settings: Settings) -> int:
+    days = args.days if args.days is not None else settings.ledger_retention_days
+    if days == 0:
+        print("ledger_retention_days is 0: the whole history is kept; nothing pruned")
+        return 0
+
+    async def work(ctx) -> int:  # noqa: ANN001
+        deleted = await retention.prune_ledger(days, store.now())
+        print(f"pruned {deleted} superseded ledger events older than {days} days")
         return 0
 
     return run_db(settings, work, create=False)

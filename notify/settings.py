@@ -134,6 +134,7 @@ class Settings:
     twilio_api_base: str
     policy_version: str
     pending_days: int
+    ledger_retention_days: int
     max_body_bytes: int
     log_level: str
     topics: Mapping[str, Topic]
@@ -203,6 +204,7 @@ KEYS: dict[str, Any] = {
     "twilio_api_base": "https://api.twilio.com",
     "policy_version": "1.0",
     "pending_days": 7,
+    "ledger_retention_days": 0,
     "max_body_bytes": 65536,
     "log_level": "INFO",
     # SMS (issue #5)
@@ -281,6 +283,8 @@ def _build(raw: dict[str, Any], topics_raw: dict[str, Any]) -> Settings:
     s["smtp_port"] = _integer("smtp_port", value["smtp_port"], 1, 65535)
     s["max_body_bytes"] = _integer("max_body_bytes", value["max_body_bytes"], 1024, 1 << 26)
     s["pending_days"] = _integer("pending_days", value["pending_days"], 1, 365)
+    s["ledger_retention_days"] = _integer("ledger_retention_days",
+                                          value["ledger_retention_days"], 0, 36500)
     s["log_level"] = _choice(
         "log_level", str(value["log_level"]).upper(), ("DEBUG", "INFO", "WARNING", "ERROR")
     )
