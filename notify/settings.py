@@ -9,6 +9,7 @@ environment key, so start-up stops with a sentence an operator can act on.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
+from limits import parse_many
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +138,13 @@ class Settings:
     pending_days: int
     ledger_retention_days: int
     max_body_bytes: int
+    # Abuse limits per client IP, in the ``limits`` library's notation ("100/second"); ""
+    # switches one off (notify.web.ratelimit).
+    public_rate_limit: str
+    bad_token_rate_limit: str
+    auth_failure_rate_limit: str
+    # Reverse proxies whose X-Forwarded-For names the client (exact addresses).
+    trusted_proxies: tuple[str, ...]
     log_level: str
     topics: Mapping[str, Topic]
     # SMS (issue #5): sender pool, quiet hours and length limit.
@@ -206,6 +215,10 @@ KEYS: dict[str, Any] = {
     "pending_days": 7,
     "ledger_retention_days": 0,
     "max_body_bytes": 65536,
+    "public_rate_limit": "100/second",
+    "bad_token_rate_limit": "60/minute",
+    "auth_failure_rate_limit": "30/minute",
+    "trusted_proxies": "",
     "log_level": "INFO",
     # SMS (issue #5)
     "twilio_messaging_service_sid": "",
@@ -282,6 +295,9 @@ def _build(raw: dict[str, Any], topics_raw: dict[str, Any]) -> Settings:
     s["sms_transport"] = _choice("sms_transport", value["sms_transport"], ("log", "twilio"))
     s["smtp_port"] = _integer("smtp_port", value["smtp_port"], 1, 65535)
     s["max_body_bytes"] = _integer("max_body_bytes", value["max_body_bytes"], 1024, 1 << 26)
+    for key in ("public_rate_limit", "bad_token_rate_limit", "auth_failure_rate_limit"):
+        s[key] = _rate_limit(key, value[key])
+    s["trusted_proxies"] = _addresses("trusted_proxies", value["trusted_proxies"])
     s["pending_days"] = _integer("pending_days", value["pending_days"], 1, 365)
     s["ledger_retention_days"] = _integer("ledger_retention_days",
                                           value["ledger_retention_days"], 0, 36500)
@@ -367,6 +383,28 @@ def _integer(key: str, value: Any, low: int, high: int) -> int:
     if number is None or isinstance(value, bool) or not low <= number <= high:
         raise ConfigError(f"{env_name(key)}: must be a whole number from {low} to {high}")
     return number
+
+
+def _rate_limit(key: str, value: Any) -> str:
+    text = _text(value).strip()
+    if text:
+        try:
+            parse_many(text)
+        except ValueError:
+            raise ConfigError(f"{env_name(key)}: must be a rate such as '100/second' or "
+                              f"'60/minute' (several joined by ';'), or empty for none "
+                              f"(got {text!r})") from None
+    return text
+
+
+def _addresses(key: str, value: Any) -> tuple[str, ...]:
+    found = []
+    for item in _pairs(value):
+        try:
+            found.append(str(ipaddress.ip_address(item)))
+        except ValueError:
+            raise ConfigError(f"{env_name(key)}: {item!r} is not an IP address") from None
+    return tuple(found)
 
 
 def _number(key: str, value: Any, low: float, high: float) -> float:
