@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import logging
+import secrets
 import signal
 import sys
 from collections.abc import Sequence
@@ -140,6 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--days", type=_positive, default=None,
                        help="the retention period in days (default: ledger_retention_days)")
     prune.set_defaults(run=cmd_consents_prune)
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(
+        dest="keys_command", metavar="ACTION", required=True)
+    new_key = keys.add_parser(
+        "new", help="make a new API key and the config entry that holds only its digest",
+        description="Print a new random API key (give it to the caller; it is shown once) "
+        "and the api_keys entry SCOPE:sha256:DIGEST that lets notify check it without "
+        "storing it.")
+    new_key.add_argument("scope", choices=("app", "admin"), help="what the key may do")
+    new_key.set_defaults(run=cmd_keys_new)
     dkim = commands.add_parser("dkim", help="DKIM keys").add_subparsers(
         dest="dkim_command", metavar="ACTION", required=True)
     keygen = dkim.add_parser(
@@ -424,6 +435,15 @@ def cmd_consents_withdraw(args: argparse.Namespace, settings: Settings) -> int:
         return 0
 
     return run_db(settings, work, create=False)
+
+
+def cmd_keys_new(args: argparse.Namespace, settings: Settings) -> int:
+    key = secrets.token_urlsafe(32)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    print(f"key:    {key}")
+    print(f"config: {args.scope}:sha256:{digest}")
+    print("Give the key to its caller; put the config entry in api_keys (NOTIFY_API_KEYS).")
+    return 0
 
 
 def cmd_consents_prune(args: argparse.Namespace, settings: Settings) -> int:

@@ -90,8 +90,8 @@ class ApiKey:
 
     scope: str
     kid: str
-    secret: str = field(repr=False)
-    #: SHA-256 of the secret, computed once: requests compare against it (constant time).
+    #: SHA-256 of the key: all the service keeps of it; requests compare against it in
+    #: constant time (notify.web.endpoints.authenticate).
     digest: bytes = field(repr=False, default=b"")
 
 
@@ -533,19 +533,27 @@ def _topics(raw: dict[str, Any]) -> dict[str, Topic]:
     return topics
 
 
+#: A key given by its SHA-256 instead of itself: ``app:sha256:<64 hex digits>``.
+_HASHED_KEY = re.compile(r"sha256:([0-9a-f]{64})")
+
+
 def _api_keys(value: Any) -> tuple[ApiKey, ...]:
     keys: list[ApiKey] = []
     for index, item in enumerate(_pairs(value), start=1):
         scope, _, secret = item.partition(":")
-        if scope not in ("app", "admin") or len(secret) < 16:
+        hashed = _HASHED_KEY.fullmatch(secret.lower())
+        if scope not in ("app", "admin") or (len(secret) < 16 and not hashed):
             raise ConfigError(
                 f"{env_name('api_keys')}: entry {index} must be app:KEY or admin:KEY "
-                "with a key of at least 16 characters"
+                "with a key of at least 16 characters, or app:sha256:HEX / admin:sha256:HEX "
+                "with the key's SHA-256 in 64 hex digits"
             )
+        # Only the digest is kept: requests are compared against it in constant time, and
+        # a config holding digests (``notify keys new`` prints one) leaks no usable key.
+        digest = bytes.fromhex(hashed.group(1)) if hashed else \
+            hashlib.sha256(secret.encode()).digest()
         # The key id is a fingerprint, so logs and the ledger can name a key safely.
-        digest = hashlib.sha256(secret.encode()).digest()
-        keys.append(ApiKey(scope=scope, kid=f"{scope}-{digest.hex()[:8]}", secret=secret,
-                           digest=digest))
+        keys.append(ApiKey(scope=scope, kid=f"{scope}-{digest.hex()[:8]}", digest=digest))
     if not keys:
         raise ConfigError(f"{env_name('api_keys')}: at least one app:KEY or admin:KEY is required")
     return tuple(keys)

@@ -157,3 +157,28 @@ async def test_admin_calls_count_refusals_too(limited):
     # A valid key without the scope is a 403, not a guess: it does not count.
     assert app_key_on_admin_route == [403, 403, 403]
     assert (await client.delete("/v1/users/alice", headers=ADMIN)).status == 204
+
+
+def test_keys_new_prints_a_key_whose_digest_entry_authenticates(tmp_path):
+    import asyncio
+
+    from test_cli import run
+
+    made = run(["keys", "new", "admin"], environ_for(f"sqlite://{tmp_path}/n.db", tmp_path))
+    assert made.code == 0, made.err
+    key = made.out.split("key:", 1)[1].split()[0]
+    entry = made.out.split("config:", 1)[1].split()[0]
+    assert entry.startswith("admin:sha256:") and key not in entry
+
+    async def call() -> tuple[int, int]:
+        from aiohttp.test_utils import TestClient, TestServer
+
+        settings = load_settings(environ=environ_for(
+            f"sqlite://{tmp_path}/n.db", tmp_path / "data", NOTIFY_API_KEYS=entry))
+        async with TestClient(TestServer(make_app(settings))) as client:
+            good = await client.get("/v1/policies", headers={"Authorization": f"Bearer {key}"})
+            wrong = await client.get("/v1/policies",
+                                     headers={"Authorization": f"Bearer {key[:-1]}x"})
+            return good.status, wrong.status
+
+    assert asyncio.run(call()) == (200, 401)
