@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 
 # An address as it appears in text: in angle brackets, quotes or bare. Deliberately loose
 # (anything@host.tld): a false positive costs a masked word, a miss leaks an address.
@@ -67,12 +68,32 @@ class MaskingFormatter(logging.Formatter):
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record (as logging's own
+    last-resort handler does), so a caller that swaps stderr, a test runner say, never
+    leaves us writing to a closed stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001
+        pass
+
+
 def configure(level: str | int) -> None:
-    """Send every log record to stderr through the masking formatter (the CLI's setup)."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(MaskingFormatter(FORMAT))
+    """Send every log record to stderr through the masking formatter (the CLI's setup).
+
+    Handlers a host process installed (a test runner's capture) are left in place; ours is
+    added once, however often this is called.
+    """
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
+    if not any(isinstance(handler, _StderrHandler) for handler in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(MaskingFormatter(FORMAT))
+        root.addHandler(handler)
     root.setLevel(level)
