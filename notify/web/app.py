@@ -18,6 +18,7 @@ from notify.sender import Sender, only_sender, running
 from notify.settings import Settings
 from notify.sms.courier import SmsCourier
 from notify.web import in_flight
+from notify.web.abuse import abuse_limits
 from notify.web.endpoints import DB, LIMITER, POSTMAN, SETTINGS, openapi
 from notify.web.pages_routes import PAGES
 from notify.web.problems import Handler, problem_middleware
@@ -34,11 +35,11 @@ def make_app(
     """Build the app. Tests leave ``start_sender`` off and drive the sender themselves."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[in_flight.track, security_headers, problem_middleware],
+        middlewares=[in_flight.track, security_headers, abuse_limits, problem_middleware],
     )
     app[SETTINGS] = settings
     in_flight.cut_off_at_shutdown(app, settings.shutdown_timeout)
-    app[LIMITER] = Limiter()
+    app[LIMITER] = Limiter(settings)
     app.cleanup_ctx.append(_database(settings, migrate=migrate))
     app.cleanup_ctx.append(_postman)
     app.cleanup_ctx.append(_courier)
