@@ -16,6 +16,8 @@ from typing import Any
 
 import jinja2
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.web_protocol import RequestPayloadError
 from email_validator import EmailNotValidError, validate_email
 
 from notify import i18n, links, store, subscriptions, tokens
@@ -323,5 +325,7 @@ async def _form(request: web.Request) -> Any:
         return None
     try:
         return await request.post()
-    except (ValueError, LookupError, AssertionError):
-        return None  # a malformed body, an unknown charset: not a form we can read
+    except (ValueError, LookupError, AssertionError, RequestPayloadError, BadHttpMessage):
+        # A malformed body, an unknown charset, a Content-Encoding the body does not have,
+        # a multipart part with a malformed header: not a form we can read.
+        return None

@@ -11,6 +11,8 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import ValidationError
 from tortoise.exceptions import DBConnectionError
 
@@ -91,6 +93,12 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = next(code for cls, code in STATUS.items() if isinstance(exc, cls))
         headers = {"WWW-Authenticate": 'Bearer realm="notify"'} if status == 401 else None
         return problem(status, exc.title, exc.detail, exc.errors, headers)
+    except (RequestPayloadError, BadHttpMessage) as exc:
+        # The body could not be read as sent: a Content-Encoding it does not have (gzip
+        # that is not gzip), a broken chunked transfer, a multipart part with a malformed
+        # header. The caller's error, not ours.
+        return problem(400, BadRequest.title, f"the request body could not be read: "
+                       f"{_first_line(exc)}", [FieldError("body", "unreadable body")])
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -104,6 +112,12 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return problem(500, "Internal error", "an internal error occurred; it has been logged")
+
+
+def _first_line(exc: BaseException) -> str:
+    """aiohttp's message for a payload error, without the status it carries in front."""
+    text = str(exc.__cause__ or exc).strip()
+    return (text.split("message:", 1)[-1].strip().splitlines() or ["unknown"])[0]
 
 
 def _allow(exc: web.HTTPException) -> dict[str, str] | None:
