@@ -14,7 +14,7 @@ import string
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 
 T = TypeVar("T")
@@ -24,18 +24,21 @@ def backend(database_url: str) -> str:
     return "sqlite" if database_url.startswith("sqlite") else "postgres"
 
 
-def budget(database_url: str, sqlite: int, postgres: int) -> settings:
+def budget(database_url: str, sqlite: int, postgres: int, *, shrink: bool = True) -> settings:
     """Hypothesis settings with a bounded number of examples, the same ones on every run.
 
     ``derandomize`` makes CI repeatable (a failure found once is found again); no example
     database is kept between runs for the same reason. PostgreSQL runs the same tests with
     a smaller budget: it is the slower backend, and SQLite has explored the inputs already.
     ``too_slow`` is suppressed because every example is a real HTTP request to a real
-    database, which hypothesis' timing heuristics take for a slow generator.
+    database, which hypothesis' timing heuristics take for a slow generator. Without
+    ``shrink`` a failure is reported as found: shrinking a long sequence of HTTP steps can
+    take longer than the test's timeout, which would lose the report.
     """
     count = sqlite if backend(database_url) == "sqlite" else postgres
+    phases = list(Phase) if shrink else [Phase.explicit, Phase.reuse, Phase.generate]
     return settings(max_examples=count, derandomize=True, database=None, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+                    suppress_health_check=[HealthCheck.too_slow], phases=phases)
 
 
 class Bridge:

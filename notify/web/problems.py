@@ -96,9 +96,13 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except (RequestPayloadError, BadHttpMessage) as exc:
         # The body could not be read as sent: a Content-Encoding it does not have (gzip
         # that is not gzip), a broken chunked transfer, a multipart part with a malformed
-        # header. The caller's error, not ours.
-        return problem(400, BadRequest.title, f"the request body could not be read: "
-                       f"{_first_line(exc)}", [FieldError("body", "unreadable body")])
+        # header. The caller's error, not ours. The rest of such a body cannot be skipped
+        # reliably, so aiohttp drops the connection after answering: say so, or a client
+        # reuses it and loses its next request.
+        response = problem(400, BadRequest.title, f"the request body could not be read: "
+                           f"{_first_line(exc)}", [FieldError("body", "unreadable body")])
+        response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
