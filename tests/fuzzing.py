@@ -10,6 +10,7 @@ loop serves it meanwhile. Nothing is mocked: real HTTP on loopback, the real dat
 from __future__ import annotations
 
 import asyncio
+import os
 import string
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -18,6 +19,10 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 
 T = TypeVar("T")
+
+
+#: ``NOTIFY_FUZZ_SCALE=20`` multiplies every budget, for a deeper run by hand than CI's.
+SCALE = max(1, int(os.environ.get("NOTIFY_FUZZ_SCALE", "1")))
 
 
 def backend(database_url: str) -> str:
@@ -35,7 +40,7 @@ def budget(database_url: str, sqlite: int, postgres: int, *, shrink: bool = True
     ``shrink`` a failure is reported as found: shrinking a long sequence of HTTP steps can
     take longer than the test's timeout, which would lose the report.
     """
-    count = sqlite if backend(database_url) == "sqlite" else postgres
+    count = SCALE * (sqlite if backend(database_url) == "sqlite" else postgres)
     phases = list(Phase) if shrink else [Phase.explicit, Phase.reuse, Phase.generate]
     return settings(max_examples=count, derandomize=True, database=None, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow], phases=phases)

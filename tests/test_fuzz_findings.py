@@ -28,6 +28,9 @@ async def test_openapi_documents_the_201_and_409_the_views_answer(client):
     assert "409" in paths["/v1/policies"]["post"]["responses"]
     for action in ("send", "pause", "resume", "cancel"):
         assert "409" in paths[f"/v1/campaigns/{{id}}/{action}"]["post"]["responses"], action
+    # A campaign's id was described as a user's id (letters and all): it is a number.
+    [campaign_id] = paths["/v1/campaigns/{id}"]["get"]["parameters"]
+    assert campaign_id["schema"]["pattern"] == "^[0-9]{1,18}$"
     # ... and those are the statuses they really answer.
     assert (await client.put("/v1/users/zoe", json={}, headers=APP)).status == 201
     policy = {"version": "v1", "title": "T", "summary": "S", "url": "https://example.com/p",

@@ -16,7 +16,7 @@ import itertools
 from urllib.parse import urlsplit
 
 import pytest
-from fuzzing import Bridge, budget
+from fuzzing import Bridge, backend, budget
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from support import ADMIN, APP, environ_for
@@ -262,7 +262,7 @@ def machine_for(bridge: Bridge, client, settings, sources: set[str]):  # noqa: A
 async def test_any_sequence_of_changes_keeps_state_and_ledger_consistent(app_client,
                                                                          database_url):
     client, settings = app_client
-    examples, steps = BUDGET["sqlite" if database_url.startswith("sqlite") else "postgres"]
+    examples, steps = BUDGET[backend(database_url)]
     config = budget(database_url, sqlite=examples, postgres=examples, shrink=False)
     config = type(config)(config, stateful_step_count=steps)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from urllib.parse import urlsplit
 
-from fuzzing import URLSAFE, mutated
+from fuzzing import SCALE, URLSAFE, mutated
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from support import ADMIN, APP
@@ -25,7 +25,7 @@ from notify.tokens import (
 
 KEYS = [("k2", b"n" * 40), ("k1", b"o" * 40)]
 #: Pure functions, microseconds an example: a generous, repeatable budget.
-PURE = settings(max_examples=200, derandomize=True, database=None,
+PURE = settings(max_examples=200 * SCALE, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
 links = st.builds(

@@ -197,10 +197,14 @@ def openapi(endpoints: tuple[Endpoint, ...], public_url: str) -> dict[str, Any]:
     }
 
 
+#: What an ``{id}`` in a path is: the main app's user id, or a campaign's number.
+_ID_PATTERNS = {"users": r"^[A-Za-z0-9._:@+\-]{1,255}$", "campaigns": r"^[0-9]{1,18}$"}
+
+
 def _parameters(e: Endpoint) -> list[dict[str, Any]]:
     params = [
         {"name": name.strip("{}"), "in": "path", "required": True,
-         "schema": {"type": "string", "pattern": r"^[A-Za-z0-9._:@+\-]{1,255}$"}
+         "schema": {"type": "string", "pattern": _ID_PATTERNS[e.tag]}
          if name == "{id}" else {"type": "string"}}
         for name in e.path.split("/") if name.startswith("{")
     ]
