@@ -7,13 +7,17 @@ import json
 from urllib.parse import urlencode, urlsplit
 
 import brotli
-from backports import zstd
 from support import ADMIN, APP, environ_for, snapshot
 from twilio.request_validator import RequestValidator
 
 from notify.settings import load_settings
 from notify.web.app import make_app
 from notify.web.endpoints import DB
+
+try:  # Python 3.14 has it in the standard library; before, the backport aiohttp uses.
+    from compression import zstd
+except ImportError:
+    from backports import zstd
 
 JSON = "application/json"
 
