@@ -11,6 +11,8 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import ValidationError
 
 from notify.db import is_unavailable
@@ -91,6 +93,16 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = next(code for cls, code in STATUS.items() if isinstance(exc, cls))
         headers = {"WWW-Authenticate": 'Bearer realm="notify"'} if status == 401 else None
         return problem(status, exc.title, exc.detail, exc.errors, headers)
+    except (RequestPayloadError, BadHttpMessage) as exc:
+        # The body could not be read as sent: a Content-Encoding it does not have (gzip
+        # that is not gzip), a broken chunked transfer, a multipart part with a malformed
+        # header. The caller's error, not ours. The rest of such a body cannot be skipped
+        # reliably, so aiohttp drops the connection after answering: say so, or a client
+        # reuses it and loses its next request.
+        response = problem(400, BadRequest.title, f"the request body could not be read: "
+                           f"{_first_line(exc)}", [FieldError("body", "unreadable body")])
+        response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -130,6 +142,12 @@ def unavailable(request: web.Request) -> web.Response:
 def _route(request: web.Request) -> str:
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "(no route)"
+
+
+def _first_line(exc: BaseException) -> str:
+    """aiohttp's message for a payload error, without the status it carries in front."""
+    text = str(exc.__cause__ or exc).strip()
+    return (text.split("message:", 1)[-1].strip().splitlines() or ["unknown"])[0]
 
 
 def _allow(exc: web.HTTPException) -> dict[str, str] | None:
