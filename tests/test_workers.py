@@ -89,9 +89,11 @@ def progress_of(url: str, campaign_id: int) -> campaigns.Progress:
 
 
 @pytest.mark.postgres
-def test_two_workers_send_a_20000_user_campaign_once_each(fresh_pg_database, tmp_path):
+def test_two_workers_send_a_6000_user_campaign_once_each(fresh_pg_database, tmp_path):
     url = fresh_pg_database()
-    env, campaign_id = prepare(url, tmp_path / "data", 20_000)
+    # 6,000 users are 30 batches, enough for both workers to claim many times; the
+    # speed at scale is bench/campaign_send.py's business, not the suite's.
+    env, campaign_id = prepare(url, tmp_path / "data", 6_000)
     logs = tmp_path / "workers.log"
     procs = [worker(env, tmp_path, logs) for _ in range(2)]
     try:
@@ -102,10 +104,10 @@ def test_two_workers_send_a_20000_user_campaign_once_each(fresh_pg_database, tmp
         outcomes = [stop(proc) for proc in procs]
     assert [code for code, _, _ in outcomes] == [0, 0], logs.read_text()[-3000:]
     got = recipients(tmp_path / "data" / "outbox")
-    assert len(got) == 20_000, "every subscriber got the newsletter"
+    assert len(got) == 6_000, "every subscriber got the newsletter"
     assert set(got.values()) == {1}, "nobody got it twice"
     found = progress_of(url, campaign_id)
-    assert found.counts == {"sent": 20_000} and found.possible_duplicates == 0
+    assert found.counts == {"sent": 6_000} and found.possible_duplicates == 0
     assert found.campaign.status == "done"
     # Both workers did part of the work (claims are shared, not one worker's alone).
     assert "Traceback" not in logs.read_text()
