@@ -267,7 +267,13 @@ async def erase_user(
             topic = topics.get(name) or Topic(name, Channel.EMAIL, TopicKind.SERVICE, False,
                                               {"en": name})
             await change_consent(user, topic, False, evidence, default_policy=default_policy)
+    # The suppressions of the user's addresses stay (they keep honouring "never again"),
+    # but their free-text notes may name the person: those go, the reasons stay.
+    hashes = [(kind, address_hash(hash_key, kind, address)) for kind, address in
+              ((AddressKind.EMAIL, user.email), (AddressKind.PHONE, user.phone)) if address]
     async with in_transaction():
+        for kind, digest in hashes:
+            await Suppression.filter(kind=kind, address_hash=digest).update(note=None)
         user.update_from_dict({**USER_DEFAULTS, "email_hash": None, "phone_hash": None,
                                "erased_at": now(),
                                "external_id": erased_id(hash_key, user.external_id)})

@@ -11,12 +11,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support import ADMIN, APP, environ_for, free_port
+from support import ADMIN, APP, HASH_KEY, environ_for, free_port
 from test_cli import CLI, clean_env, stop, wait_for_line
 
-from notify import campaigns
+from notify import campaigns, store
 from notify.logs import mask_text
-from notify.models import User
+from notify.models import AddressKind, User
 from notify.web.endpoints import POSTMAN
 
 EMAIL = "Alice.Example@Mail.example.org"
@@ -162,6 +162,9 @@ async def test_erasure_leaves_no_contact_data_in_any_table(client, orm, alice):
                    {"type": "complaint", "email": "alice@example.com",
                     "detail": "Alice <alice@example.com> reported spam"}):
         assert (await client.post("/webhooks/bounces", json=report, headers=ADMIN)).status == 202
+    with orm:  # support blocked her number on request, and wrote her name down
+        await store.suppress(HASH_KEY, AddressKind.PHONE, "+4915123456789", "manual",
+                             "Alice asked by phone to stop all texts")
     before = await _every_row_as_text(orm)
     assert "alice@example.com" in before["users"]
     assert any("alice@example.com" in text for name, text in before.items() if name != "users"), \
@@ -176,6 +179,7 @@ async def test_erasure_leaves_no_contact_data_in_any_table(client, orm, alice):
     # What stays: the anonymous ledger and the hashes that keep honouring the withdrawal.
     assert after["consent_events"].count('"to_state": "unsubscribed"') >= 3
     assert '"reason": "complaint"' in after["suppressions"]
+    assert '"reason": "manual"' in after["suppressions"]
 
 
 async def _user(orm):  # noqa: ANN001, ANN202
