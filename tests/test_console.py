@@ -200,3 +200,130 @@ async def test_an_expired_session_goes_to_sign_in_and_changes_nothing(
     assert await snapshot(orm) == before
     page = await client.get(resp.headers["Location"])
     assert "Your session has ended" in await page.text()
+
+
+# -- pages, actions, audit, bad input ----------------------------------------------------
+
+
+async def test_every_page_renders_and_every_input_has_a_label(client, alice):
+    await seed(client, alice)
+    pages = ["/console/sign-in"]
+    await sign_in(client)
+    pages += ["/console", "/console/policies", "/console/policies/2026-12", "/console/campaigns",
+              "/console/campaigns/new", "/console/campaigns/1", "/console/users",
+              "/console/users?q=alice", "/console/users?q=ALICE@example.com",
+              "/console/suppressions", "/console/suppressions?address=gone@example.com",
+              "/console/audit", "/console/audit?target=campaign:1"]
+    controls = 0
+    for path in pages:
+        resp = await client.get(path)
+        assert resp.status == 200, (path, await resp.text())
+        parser = Labels()
+        parser.feed(await resp.text())
+        assert parser.unlabelled() == [], path
+        controls += len(parser.controls)
+    assert controls > 30  # the forms were there to check
+    text = await (await client.get("/console/users?q=ALICE@example.com")).text()
+    assert "User alice" in text and "alice@example.com" in text
+    text = await (await client.get("/console/suppressions?address=gone@example.com")).text()
+    assert "asked by phone" in text and "manual" in text
+
+
+async def test_unknown_things_are_clear_404_pages(client):
+    await sign_in(client)
+    for path, words in (("/console/campaigns/99", "no campaign 99"),
+                        ("/console/policies/nope", "no published policy version"),
+                        ("/console/users?q=nobody", "no user with the id or email")):
+        resp = await client.get(path)
+        assert resp.status == 404, path
+        assert words in await resp.text()
+
+
+async def test_console_actions_work_and_are_audited_with_the_key_name(client, orm, alice,
+                                                                      settings):
+    await client.put("/v1/users/alice/consents/email_notifications",
+                     json={"subscribed": True}, headers=ADMIN)
+    await sign_in(client)
+    csrf = await csrf_for(client)
+    resp = await client.post("/console/policies/preview", data={**POLICY, "csrf": csrf})
+    text = await resp.text()
+    assert resp.status == 200 and "Nothing is published or sent yet" in text
+    assert "Everyone with a deliverable email address" in text
+    assert "Clearer retention" in text and "Zwei" not in text  # the summary, quoted as given
+    with orm:
+        assert await AuditEntry.all().count() == 1  # only the sign-in: a preview saves nothing
+    resp = await client.post("/console/policies", data={**POLICY, "csrf": csrf},
+                             allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"] == "/console/policies/2026-12"
+    resp = await client.post("/console/campaigns", data={
+        "csrf": csrf, "name": "December notice", "kind": "policy_notice",
+        "policy_version": "2026-12", "channels": "email"}, allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"] == "/console/campaigns/1"
+    page = await (await client.get("/console/campaigns/1")).text()
+    assert "Step 2: audience preview" in page and 'data-testid="eligible">1<' in page
+    resp = await client.post("/console/campaigns/1/test", data={
+        "csrf": csrf, "addresses": "team@example.org", "locale": "de"}, allow_redirects=False)
+    assert resp.status == 303
+    assert "Test sent to team@example.org" in await (await client.get(
+        resp.headers["Location"])).text()
+    for action in ("send", "cancel"):
+        resp = await client.post(f"/console/campaigns/1/{action}", data={"csrf": csrf},
+                                 allow_redirects=False)
+        assert resp.status == 303, await resp.text()
+    resp = await client.post("/console/users/alice/withdraw", data={
+        "csrf": csrf, "topic": "email_notifications", "note": "asked by phone, ticket 7"},
+        allow_redirects=False)
+    assert resp.status == 303
+    assert "Withdrawn: 1 topic(s) changed" in await (await client.get(
+        resp.headers["Location"])).text()
+    resp = await client.post("/console/suppressions", data={
+        "csrf": csrf, "address": "+4915123456789", "note": "asked by letter"},
+        allow_redirects=False)
+    assert resp.status == 303
+    with orm:
+        entries = await AuditEntry.all().order_by("id")
+        assert [e.action for e in entries] == [
+            "console.sign_in", "policy.publish", "campaign.create", "campaign.test",
+            "campaign.send", "campaign.cancel", "consent.withdraw", "suppression.add"]
+        assert {e.key_id for e in entries} == {admin_kid(settings)}
+        assert (await Campaign.get(id=1)).status in ("cancelled", "done")
+    events = (await (await client.get("/v1/users/alice/consent-events",
+                                      headers=ADMIN)).json())["events"]
+    assert (events[0]["source"], events[0]["actor"], events[0]["note"], events[0]["to_state"]) \
+        == ("support", admin_kid(settings), "asked by phone, ticket 7", "unsubscribed")
+    page = await (await client.get("/console/audit")).text()
+    assert "consent.withdraw" in page and "suppression.add" in page
+
+
+@pytest.mark.parametrize(("path", "data", "status", "words"), [
+    ("/console/policies/preview", {**POLICY, "url": "not a url"}, 422, "valid URL"),
+    ("/console/policies/preview", {**POLICY, "effective_at": "soon"}, 422, "datetime"),
+    ("/console/policies/preview", {**POLICY, "material": ""}, 422, "boolean"),
+    ("/console/policies", {**POLICY, "version": "2026-11"}, 409, "published already"),
+    ("/console/campaigns", {"name": "x", "kind": "newsletter"}, 422, "needs a topic"),
+    ("/console/campaigns", {"name": "x", "kind": "notification",
+                            "topic": "email_notifications", "variables": "subject"}, 422,
+     "write NAME=VALUE"),
+    ("/console/campaigns", {"name": "", "kind": "bogus"}, 422, "Input should be"),
+    ("/console/campaigns/1/test", {"addresses": "not-an-address"}, 422, "not a valid email"),
+    ("/console/campaigns/1/test", {"addresses": ""}, 422, "at least 1 item"),
+    ("/console/campaigns/1/resume", {}, 409, "only a paused campaign"),
+    ("/console/users/alice/withdraw", {"topic": "all", "note": ""}, 422, "at least 1"),
+    ("/console/users/alice/withdraw", {"topic": "bogus", "note": "x"}, 422, "unknown topic"),
+    ("/console/users/nobody/withdraw", {"topic": "all", "note": "x"}, 404, "no user"),
+    ("/console/suppressions", {"address": "x@example.com", "note": ""}, 422, "at least 1"),
+])
+async def test_bad_form_input_gets_a_clear_message_and_changes_nothing(
+        client, orm, alice, path, data, status, words):
+    await seed(client, alice)
+    await client.post("/v1/policies", json={**POLICY, "version": "2026-11", "effective_at":
+                      "2026-11-01T00:00:00Z", "material": False}, headers=ADMIN)
+    await sign_in(client)
+    before = await snapshot(orm)
+    resp = await client.post(path, data={**data, "csrf": await csrf_for(client)},
+                             allow_redirects=False)
+    text = await resp.text()
+    assert resp.status == status, text
+    assert words in text
+    assert "Nothing was" in text or "nothing was" in text or "has errors" in text
+    assert await snapshot(orm) == before

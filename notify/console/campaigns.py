@@ -157,7 +157,7 @@ async def test_send(request: web.Request) -> web.StreamResponse:
                                       "locale": form.get("locale", "en")})
     except ValidationError as exc:
         errors = field_errors(exc)
-        message = "; ".join(f"{k}: {v}" for k, v in errors.items())
+        message = "Nothing was sent: " + "; ".join(f"{k}: {v}" for k, v in errors.items())
         return render(request, "campaign.html", status=422,
                       title=f"Campaign {campaign.id}: {campaign.name}",
                       c=await campaign_out(campaign),
