@@ -71,6 +71,11 @@ def notify_env(work: Path, database_url: str, **extra: str) -> dict[str, str]:
         "NOTIFY_HASH_KEY": HASH_KEY,
         "NOTIFY_LOG_LEVEL": "WARNING",
         "NOTIFY_PUBLIC_URL": "http://127.0.0.1:8080",
+        # The load generator is one address sending thousands of requests a second: the
+        # per-IP abuse limits would measure themselves, not the service.
+        "NOTIFY_PUBLIC_RATE_LIMIT": "",
+        "NOTIFY_BAD_TOKEN_RATE_LIMIT": "",
+        "NOTIFY_AUTH_FAILURE_RATE_LIMIT": "",
     })
     env.update(extra)
     return env

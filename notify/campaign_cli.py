@@ -278,6 +278,11 @@ def _print_status(found: campaigns.Progress) -> None:
                       f"{error['last_error']}")
 
 
+#: Seconds ``--follow`` waits, once every delivery is final, for the sender to mark the
+#: campaign done.
+FINISH_WAIT = 10.0
+
+
 async def _follow(campaign_id: int) -> int:
     """A live bar until the campaign is done, cancelled or paused."""
     console = Console(stderr=True)
@@ -286,14 +291,20 @@ async def _follow(campaign_id: int) -> int:
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task(f"campaign {campaign_id}", total=None, rate=0.0)
         waited = time.monotonic()
+        finished_at: float | None = None
         while True:
             found = await campaigns.progress(await _campaign(campaign_id))
             bar.update(task, total=found.total or None,
                        completed=found.total - found.remaining, rate=found.rate)
             if found.campaign.status in (CampaignStatus.DONE, CampaignStatus.CANCELLED,
-                                         CampaignStatus.PAUSED) or (found.total and
-                                                                    not found.remaining):
-                break  # (all final: the sender marks it done on its next pass)
+                                         CampaignStatus.PAUSED):
+                break
+            if found.total and not found.remaining:
+                # All final: the sender marks it done on its next pass; wait for that a
+                # little, so the status printed last says "done", not "sending".
+                finished_at = finished_at or time.monotonic()
+                if time.monotonic() - finished_at > FINISH_WAIT:
+                    break
             if found.rate == 0 and time.monotonic() - waited > 10:
                 bar.console.print("no progress for 10 s: is a sender running? "
                                   "(notify serve, or notify worker)")

@@ -21,6 +21,7 @@ from notify import audience, audit, i18n, mail, store
 from notify.channels import DeliveryError
 from notify.eligibility import CAMPAIGN_KINDS, NOTICE_TOPIC, POLICY_NOTICE
 from notify.errors import Conflict, InvalidRequest, NotFound
+from notify.logs import mask_text
 from notify.models import (
     Campaign,
     CampaignStatus,
@@ -460,7 +461,9 @@ async def progress(campaign: Campaign, now: datetime | None = None) -> Progress:
     return Progress(
         campaign=campaign, counts=counts, skipped=skipped, unsubscribed=unsubscribed,
         rate=rate, eta_seconds=(remaining / rate) if rate and remaining else None,
-        first_errors=[{**e, "updated_at": e["updated_at"].isoformat()} for e in errors],
+        # A relay's reply often quotes the address: shown masked, like the logs.
+        first_errors=[{**e, "last_error": mask_text(e["last_error"]),
+                       "updated_at": e["updated_at"].isoformat()} for e in errors],
         possible_duplicates=duplicates, **lag)
 
 

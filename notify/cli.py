@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import logging
+import secrets
 import signal
 import sys
 from collections.abc import Sequence
@@ -18,7 +20,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from rich.table import Table
 from tortoise.exceptions import OperationalError
 
-from notify import __version__, store
+from notify import __version__, logs, retention, store
 from notify.channels.factory import email_channel, signer
 from notify.channels.sms import sms_channel
 from notify.consent import ConsentSource
@@ -132,6 +134,23 @@ def build_parser() -> argparse.ArgumentParser:
     withdraw.add_argument("--actor", required=True, help="who acts (the support agent)")
     withdraw.add_argument("--note", required=True, help="why: the user's request, a ticket")
     withdraw.set_defaults(run=cmd_consents_withdraw)
+    prune = consents.add_parser(
+        "prune", help="delete superseded ledger events past the retention period",
+        description="Delete ledger events older than the retention period that a newer event "
+        "of the same user and topic superseded; the newest event per user and topic always "
+        "stays (docs/privacy.md). The worker does this once an hour.")
+    prune.add_argument("--days", type=_positive, default=None,
+                       help="the retention period in days (default: ledger_retention_days)")
+    prune.set_defaults(run=cmd_consents_prune)
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(
+        dest="keys_command", metavar="ACTION", required=True)
+    new_key = keys.add_parser(
+        "new", help="make a new API key and the config entry that holds only its digest",
+        description="Print a new random API key (give it to the caller; it is shown once) "
+        "and the api_keys entry SCOPE:sha256:DIGEST that lets notify check it without "
+        "storing it.")
+    new_key.add_argument("scope", choices=("app", "admin"), help="what the key may do")
+    new_key.set_defaults(run=cmd_keys_new)
     dkim = commands.add_parser("dkim", help="DKIM keys").add_subparsers(
         dest="dkim_command", metavar="ACTION", required=True)
     keygen = dkim.add_parser(
@@ -193,8 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         _error(f"configuration error: {exc}")
         return EXIT_USAGE
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Every line goes through one masking formatter: no address, number or token in logs.
+    logs.configure(settings.log_level)
     try:
         return args.run(args, settings)
     except (NotifyError, ImportFileError, CliError) as exc:
@@ -413,6 +432,29 @@ def cmd_consents_withdraw(args: argparse.Namespace, settings: Settings) -> int:
                 default_policy=settings.policy_version)
             print(f"{name}: {'withdrawn' if change.is_change else 'already not subscribed'}"
                   f" ({change.from_state or 'never asked'} -> unsubscribed)")
+        return 0
+
+    return run_db(settings, work, create=False)
+
+
+def cmd_keys_new(args: argparse.Namespace, settings: Settings) -> int:
+    key = secrets.token_urlsafe(32)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    print(f"key:    {key}")
+    print(f"config: {args.scope}:sha256:{digest}")
+    print("Give the key to its caller; put the config entry in api_keys (NOTIFY_API_KEYS).")
+    return 0
+
+
+def cmd_consents_prune(args: argparse.Namespace, settings: Settings) -> int:
+    days = args.days if args.days is not None else settings.ledger_retention_days
+    if days == 0:
+        print("ledger_retention_days is 0: the whole history is kept; nothing pruned")
+        return 0
+
+    async def work(ctx) -> int:  # noqa: ANN001
+        deleted = await retention.prune_ledger(days, store.now())
+        print(f"pruned {deleted} superseded ledger events older than {days} days")
         return 0
 
     return run_db(settings, work, create=False)

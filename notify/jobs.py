@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from notify import campaigns, store
+from notify import campaigns, retention, store
 from notify.postman import Postman
 from notify.sender import Job
 from notify.settings import Settings
@@ -15,6 +15,8 @@ GUARD_SECONDS = 5.0
 #: Deliveries a worker claims at once: a pass also runs the other jobs' queries, so fewer,
 #: fuller passes (bench/campaign_send.py). A crashed worker's claims are at most this many.
 EMAIL_BATCH = 200
+#: How often the ledger's retention is applied (when a retention period is set).
+PRUNE_SECONDS = 3600.0
 
 
 def jobs(settings: Settings, postman: Postman, courier: SmsCourier | None = None) -> list[Job]:
@@ -45,5 +47,14 @@ def jobs(settings: Settings, postman: Postman, courier: SmsCourier | None = None
         return await store.expire_pending(settings.topics, days=settings.pending_days,
                                           default_policy=settings.policy_version)
 
+    pruned = [float("-inf")]
+
+    async def prune_ledger() -> int:
+        # Hourly is plenty for a period counted in days; counted as no work, like the guard.
+        if time.monotonic() - pruned[0] >= PRUNE_SECONDS:
+            pruned[0] = time.monotonic()
+            await retention.prune_ledger(settings.ledger_retention_days, store.now())
+        return 0
+
     return [start_campaigns, deliver_email, deliver_sms, guard_campaigns, finish_campaigns,
-            expire_pending]
+            expire_pending, prune_ledger]

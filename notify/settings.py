@@ -9,6 +9,7 @@ environment key, so start-up stops with a sentence an operator can act on.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
+from limits import parse_many
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +90,8 @@ class ApiKey:
 
     scope: str
     kid: str
-    secret: str = field(repr=False)
-    #: SHA-256 of the secret, computed once: requests compare against it (constant time).
+    #: SHA-256 of the key: all the service keeps of it; requests compare against it in
+    #: constant time (notify.web.endpoints.authenticate).
     digest: bytes = field(repr=False, default=b"")
 
 
@@ -134,7 +136,15 @@ class Settings:
     twilio_api_base: str
     policy_version: str
     pending_days: int
+    ledger_retention_days: int
     max_body_bytes: int
+    # Abuse limits per client IP, in the ``limits`` library's notation ("100/second"); ""
+    # switches one off (notify.web.ratelimit).
+    public_rate_limit: str
+    bad_token_rate_limit: str
+    auth_failure_rate_limit: str
+    # Reverse proxies whose X-Forwarded-For names the client (exact addresses).
+    trusted_proxies: tuple[str, ...]
     log_level: str
     topics: Mapping[str, Topic]
     # SMS (issue #5): sender pool, quiet hours and length limit.
@@ -207,7 +217,12 @@ KEYS: dict[str, Any] = {
     "twilio_api_base": "https://api.twilio.com",
     "policy_version": "1.0",
     "pending_days": 7,
+    "ledger_retention_days": 0,
     "max_body_bytes": 65536,
+    "public_rate_limit": "100/second",
+    "bad_token_rate_limit": "60/minute",
+    "auth_failure_rate_limit": "30/minute",
+    "trusted_proxies": "",
     "log_level": "INFO",
     # SMS (issue #5)
     "twilio_messaging_service_sid": "",
@@ -287,7 +302,12 @@ def _build(raw: dict[str, Any], topics_raw: dict[str, Any]) -> Settings:
     s["sms_transport"] = _choice("sms_transport", value["sms_transport"], ("log", "twilio"))
     s["smtp_port"] = _integer("smtp_port", value["smtp_port"], 1, 65535)
     s["max_body_bytes"] = _integer("max_body_bytes", value["max_body_bytes"], 1024, 1 << 26)
+    for key in ("public_rate_limit", "bad_token_rate_limit", "auth_failure_rate_limit"):
+        s[key] = _rate_limit(key, value[key])
+    s["trusted_proxies"] = _addresses("trusted_proxies", value["trusted_proxies"])
     s["pending_days"] = _integer("pending_days", value["pending_days"], 1, 365)
+    s["ledger_retention_days"] = _integer("ledger_retention_days",
+                                          value["ledger_retention_days"], 0, 36500)
     s["log_level"] = _choice(
         "log_level", str(value["log_level"]).upper(), ("DEBUG", "INFO", "WARNING", "ERROR")
     )
@@ -374,6 +394,28 @@ def _integer(key: str, value: Any, low: int, high: int) -> int:
     if number is None or isinstance(value, bool) or not low <= number <= high:
         raise ConfigError(f"{env_name(key)}: must be a whole number from {low} to {high}")
     return number
+
+
+def _rate_limit(key: str, value: Any) -> str:
+    text = _text(value).strip()
+    if text:
+        try:
+            parse_many(text)
+        except ValueError:
+            raise ConfigError(f"{env_name(key)}: must be a rate such as '100/second' or "
+                              f"'60/minute' (several joined by ';'), or empty for none "
+                              f"(got {text!r})") from None
+    return text
+
+
+def _addresses(key: str, value: Any) -> tuple[str, ...]:
+    found = []
+    for item in _pairs(value):
+        try:
+            found.append(str(ipaddress.ip_address(item)))
+        except ValueError:
+            raise ConfigError(f"{env_name(key)}: {item!r} is not an IP address") from None
+    return tuple(found)
 
 
 def _number(key: str, value: Any, low: float, high: float) -> float:
@@ -502,19 +544,27 @@ def _topics(raw: dict[str, Any]) -> dict[str, Topic]:
     return topics
 
 
+#: A key given by its SHA-256 instead of itself: ``app:sha256:<64 hex digits>``.
+_HASHED_KEY = re.compile(r"sha256:([0-9a-f]{64})")
+
+
 def _api_keys(value: Any) -> tuple[ApiKey, ...]:
     keys: list[ApiKey] = []
     for index, item in enumerate(_pairs(value), start=1):
         scope, _, secret = item.partition(":")
-        if scope not in ("app", "admin") or len(secret) < 16:
+        hashed = _HASHED_KEY.fullmatch(secret.lower())
+        if scope not in ("app", "admin") or (len(secret) < 16 and not hashed):
             raise ConfigError(
                 f"{env_name('api_keys')}: entry {index} must be app:KEY or admin:KEY "
-                "with a key of at least 16 characters"
+                "with a key of at least 16 characters, or app:sha256:HEX / admin:sha256:HEX "
+                "with the key's SHA-256 in 64 hex digits"
             )
+        # Only the digest is kept: requests are compared against it in constant time, and
+        # a config holding digests (``notify keys new`` prints one) leaks no usable key.
+        digest = bytes.fromhex(hashed.group(1)) if hashed else \
+            hashlib.sha256(secret.encode()).digest()
         # The key id is a fingerprint, so logs and the ledger can name a key safely.
-        digest = hashlib.sha256(secret.encode()).digest()
-        keys.append(ApiKey(scope=scope, kid=f"{scope}-{digest.hex()[:8]}", secret=secret,
-                           digest=digest))
+        keys.append(ApiKey(scope=scope, kid=f"{scope}-{digest.hex()[:8]}", digest=digest))
     if not keys:
         raise ConfigError(f"{env_name('api_keys')}: at least one app:KEY or admin:KEY is required")
     return tuple(keys)

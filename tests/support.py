@@ -28,6 +28,11 @@ def environ_for(database_url: str, data_dir: Path, **extra: str) -> dict[str, st
         "NOTIFY_SECRET_KEYS": "k1:" + "s" * 40,
         "NOTIFY_HASH_KEY": HASH_KEY.decode(),
         "NOTIFY_PUBLIC_URL": "http://127.0.0.1:8080",
+        # Tests send hundreds of bad tokens and keys from one address on purpose; the
+        # abuse limits are tested with their defaults in test_abuse.py.
+        "NOTIFY_PUBLIC_RATE_LIMIT": "",
+        "NOTIFY_BAD_TOKEN_RATE_LIMIT": "",
+        "NOTIFY_AUTH_FAILURE_RATE_LIMIT": "",
         **extra,
     }
 

@@ -365,12 +365,18 @@ async def test_one_click_during_a_send_stops_everything_after_it(client, orm, se
     rng = random.Random(round_)
     leaving = rng.sample(rows, 40)
     answered: dict[int, datetime] = {}
+    # Each withdrawal waits for a given number of the sender's batches, spread over the
+    # whole send, so some come before their message and some after whatever the machine's
+    # speed (a race left to the clock was lost by the sender on a loaded machine).
+    batches = [0]
+    progress = asyncio.Condition()
 
-    async def withdraw(row: dict) -> None:
+    async def withdraw(row: dict, after: int) -> None:
         resp = await client.get(f"/v1/users/{handles[row['user_id']].external_id}/links",
                                 headers=APP)
         url = (await resp.json())["unsubscribe"]["newsletter"]
-        await asyncio.sleep(rng.random() * 0.2)
+        async with progress:
+            await progress.wait_for(lambda: batches[0] >= after)
         path = url.split("127.0.0.1:8080", 1)[1]
         done = await client.post(path, data={"List-Unsubscribe": "One-Click"})
         assert done.status == 200
@@ -379,11 +385,15 @@ async def test_one_click_during_a_send_stops_everything_after_it(client, orm, se
     async def send_slowly() -> None:
         # Small batches with pauses between them, so withdrawals land mid-campaign.
         for _ in range(1000):
-            if not await client.app[POSTMAN].deliver_due(4):
+            sent = await client.app[POSTMAN].deliver_due(4)
+            async with progress:
+                batches[0] += 1
+                progress.notify_all()
+            if not sent:
                 return
             await asyncio.sleep(0.02)
 
-    await asyncio.gather(send_slowly(), *(withdraw(r) for r in leaving))
+    await asyncio.gather(send_slowly(), *(withdraw(r, i % 20) for i, r in enumerate(leaving)))
     await drain(client)
     skipped = 0
     with orm:

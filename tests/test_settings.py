@@ -42,8 +42,20 @@ def test_configured_keys_are_used_and_first_secret_signs(tmp_path):
     assert [kid for kid, _ in settings.secret_keys] == ["k2", "k1"]
     assert not (tmp_path / "dev-keys.json").exists()
     # A key id names a key without revealing it.
-    assert all(k.kid.startswith(k.scope + "-") and k.secret not in k.kid
+    assert all(k.kid.startswith(k.scope + "-") and "a" * 8 not in k.kid and "b" * 8 not in k.kid
                for k in settings.api_keys)
+
+
+def test_a_key_given_by_its_digest_works_like_the_key_and_only_digests_are_kept(tmp_path):
+    import hashlib
+
+    digest = hashlib.sha256(b"c" * 24).hexdigest()
+    settings = load_settings(environ={**GOOD, "NOTIFY_DATA_DIR": str(tmp_path),
+                                      "NOTIFY_API_KEYS": f"admin:sha256:{digest},app:{'a' * 20}"})
+    admin, app = settings.api_keys
+    assert (admin.scope, admin.digest) == ("admin", bytes.fromhex(digest))
+    assert app.digest == hashlib.sha256(b"a" * 20).digest()
+    assert "a" * 20 not in repr(settings) and not hasattr(app, "secret")
 
 
 @pytest.mark.parametrize(

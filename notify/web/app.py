@@ -19,6 +19,7 @@ from notify.postman import Postman
 from notify.sender import Sender, only_sender, running
 from notify.settings import Settings
 from notify.sms.courier import SmsCourier
+from notify.web.abuse import abuse_limits
 from notify.web.endpoints import DB, LIMITER, POSTMAN, SETTINGS, openapi
 from notify.web.pages_routes import PAGES
 from notify.web.problems import Handler, problem_middleware
@@ -35,10 +36,10 @@ def make_app(
     """Build the app. Tests leave ``start_sender`` off and drive the sender themselves."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[security_headers, problem_middleware],
+        middlewares=[security_headers, abuse_limits, problem_middleware],
     )
     app[SETTINGS] = settings
-    app[LIMITER] = Limiter()
+    app[LIMITER] = Limiter(settings)
     app.cleanup_ctx.append(_database(settings, migrate=migrate))
     app.cleanup_ctx.append(_postman)
     app.cleanup_ctx.append(_courier)

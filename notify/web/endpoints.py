@@ -202,7 +202,10 @@ def _parameters(e: Endpoint) -> list[dict[str, Any]]:
 
 
 def _error_statuses(e: Endpoint) -> list[int]:
-    statuses = [401, 403] if e.scope else []
+    # 429: too many refused keys from the caller's address (notify.web.ratelimit).
+    statuses = [401, 403, 429] if e.scope else []
+    # 503: the database is away for a moment (problems.problem_middleware, Retry-After).
+    statuses += [503]
     if e.body:
         statuses += [400, 413, 415]
     if e.body or e.query or "{" in e.path:

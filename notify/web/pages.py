@@ -23,6 +23,7 @@ from notify.consent import ConsentSource, ConsentState, is_subscribed
 from notify.models import PolicyVersion, User
 from notify.settings import Settings, Topic
 from notify.tokens import ALL_TOPICS, Purpose
+from notify.web.abuse import CLIENT_IP
 from notify.web.endpoints import LIMITER, POSTMAN, SETTINGS
 from notify.web.ratelimit import Limiter
 
@@ -75,9 +76,14 @@ def _topics(settings: Settings, link: tokens.Link) -> list[Topic]:
 
 def _evidence(request: web.Request, source: ConsentSource, note: str | None = None,
               link: tokens.Link | None = None) -> store.Evidence:
-    return store.Evidence(source=source, actor="user", ip=_clean(request.remote),
+    return store.Evidence(source=source, actor="user", ip=_clean(_ip(request)),
                           user_agent=_clean(request.headers.get("User-Agent"), 512),
                           note=note, delivery_id=link.delivery if link else None)
+
+
+def _ip(request: web.Request) -> str:
+    """The client's address, as the abuse limits saw it (a trusted proxy's header applied)."""
+    return request.get(CLIENT_IP) or request.remote or "?"
 
 
 def _clean(value: str | None, limit: int = 45) -> str | None:
@@ -297,7 +303,7 @@ async def ask_post(request: web.Request) -> web.Response:
         return render(request, "ask.html", locale, status=422, error="ask_invalid",
                       email=raw[:320])
     limiter: Limiter = request.app[LIMITER]
-    if not await limiter.allow_way_in(request.remote or "?", address):
+    if not await limiter.allow_way_in(_ip(request), address):
         return render(request, "ask.html", locale, status=429, error="ask_too_many",
                       email=address)
     # The same answer whether or not the address is known. The mail is only queued here
