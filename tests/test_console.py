@@ -327,3 +327,21 @@ async def test_bad_form_input_gets_a_clear_message_and_changes_nothing(
     assert words in text
     assert "Nothing was" in text or "nothing was" in text or "has errors" in text
     assert await snapshot(orm) == before
+
+
+async def test_wrong_keys_at_sign_in_count_against_the_api_limit(aiohttp_client, database_url,
+                                                                 tmp_path):
+    from support import environ_for
+
+    from notify.settings import load_settings
+    from notify.web.app import make_app
+
+    settings = load_settings(environ=environ_for(
+        database_url, tmp_path / "data", NOTIFY_AUTH_FAILURE_RATE_LIMIT="2/minute"))
+    client = await aiohttp_client(make_app(settings))
+    assert (await sign_in(client, "wrong-key-0000000000")).status == 401
+    assert (await sign_in(client, "wrong-key-0000000000")).status == 401
+    refused = await sign_in(client)  # even the right key waits now, as on the API
+    assert refused.status == 429 and "Too many wrong keys" in await refused.text()
+    assert int(refused.headers["Retry-After"]) > 0
+    assert (await client.get("/v1/users/alice", headers=ADMIN)).status == 429

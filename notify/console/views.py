@@ -21,6 +21,8 @@ from notify.console.base import (
     settings_of,
 )
 from notify.models import Campaign
+from notify.web.abuse import CLIENT_IP
+from notify.web.endpoints import LIMITER
 
 
 async def sign_in_page(request: web.Request) -> web.Response:
@@ -45,6 +47,16 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
         return refused(request, "The sign-in form's security token is missing, wrong or "
                        "expired. Open the sign-in page again.")
     target = safe_next(form.get("next"))
+    # Wrong keys count against the same per-address limit as the API's (notify.web.abuse):
+    # the sign-in form must not be a way round it to guess keys.
+    limiter, ip = request.app[LIMITER], request[CLIENT_IP]
+    wait = await limiter.exhausted(limiter.auth_failure, "auth", ip)
+    if wait:
+        response = render(request, "sign_in.html", status=429, title="Sign in", next=target,
+                          error=f"Too many wrong keys came from this address; retry in "
+                                f"{wait} seconds.", notice=None)
+        response.headers["Retry-After"] = str(wait)
+        return response
     offered = hashlib.sha256(form.get("key", "").strip().encode("utf-8",
                                                                 "surrogateescape")).digest()
     match = None
@@ -52,6 +64,8 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
         # Digests of equal length, every key compared: timing says nothing (as the API).
         if hmac.compare_digest(offered, key.digest):
             match = key
+    if match is None:
+        await limiter.take(limiter.auth_failure, "auth", ip)
     if match is None or match.scope != "admin":
         error = ("That key is an app key; the console needs an admin key." if match
                  else "That key is not valid.")
