@@ -30,7 +30,7 @@ from notify.importer import ImportFileError, import_users
 from notify.jobs import jobs
 from notify.models import ConsentEvent
 from notify.postman import Postman
-from notify.sender import Sender, SenderBusy, only_sender
+from notify.sender import Sender, SenderBusy, only_sender, running
 from notify.settings import ConfigError, Settings, load_settings
 from notify.sms.courier import SmsCourier
 
@@ -291,8 +291,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
               f"(public URL {settings.public_url}, sender {'off' if args.no_sender else 'on'})")
     try:
         # aiohttp calls ``print`` once the socket is bound: the banner then tells the truth.
+        # On SIGTERM or SIGINT aiohttp stops listening, lets the requests in flight finish
+        # within the shutdown timeout, then runs the app's clean-up (the sender's last
+        # batch, the database).
         web.run_app(app, host=args.host, port=args.port,
                     print=lambda _: print(banner, flush=True),
+                    shutdown_timeout=settings.shutdown_timeout,
                     access_log_format='%a "%r" %s %b %Tfs')
     except OSError as exc:
         raise CliError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
@@ -316,13 +320,17 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         texts = sms_channel(settings)  # inside the loop: the Twilio client needs one
         sender = Sender(jobs=jobs(settings, Postman(settings, channel, signer(settings)),
                                   SmsCourier(settings, texts)))
+        stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, sender.stop)
+            loop.add_signal_handler(sig, stopping.set)
         try:
             with only_sender(settings.database_url):
-                print("notify worker running; stop with Ctrl-C or SIGTERM", flush=True)
-                await sender.run()
+                async with running(sender, grace=settings.shutdown_timeout) as sender:
+                    print("notify worker running; stop with Ctrl-C or SIGTERM", flush=True)
+                    await stopping.wait()
+                    log.info("stopping: finishing the batch in flight (at most %ss)",
+                             settings.shutdown_timeout)
         except SenderBusy as exc:
             raise CliError(str(exc)) from None
         finally:

@@ -8,7 +8,9 @@ PostgreSQL (aerich writes SQL for one backend). docs/architecture.md says more.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -50,6 +52,23 @@ def tortoise_config(database_url: str) -> dict[str, Any]:
 
 #: Connections per process in the PostgreSQL pool, unless the URL says ?maxsize=N.
 POOL_SIZE = 16
+
+
+class _OutageWithoutTraceback(logging.Filter):
+    """asyncpg's pool reconnects in the background while the server is away and logs a
+    traceback at every try; an outage is expected, so it becomes one line with the reason.
+    Anything else keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] and is_unavailable(record.exc_info[1]):
+            error = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(error).__name__}: {error})"
+            record.args = None
+            record.exc_info = record.exc_text = None
+        return True
+
+
+logging.getLogger("asyncpg.pool").addFilter(_OutageWithoutTraceback())
 
 
 @functools.cache
@@ -152,3 +171,58 @@ async def _migration_lock(ctx: TortoiseContext) -> AsyncIterator[None]:
             yield
         finally:
             await connection.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+
+
+#: errno values of a database server that is away (refused, reset, unreachable, timed out).
+_AWAY_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE,
+                errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT, errno.ENOTCONN}
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says the database server is away for now.
+
+    Tortoise 1.x passes the driver's errors through unwrapped, and wraps some in its own
+    (OperationalError, TransactionManagementError), so the chain is searched. What counts:
+    the server refusing or dropping the connection (asyncpg's 08xxx errors, socket errors,
+    a connect timeout), the server shutting down or starting up (57P01 admin shutdown,
+    57P02 crash shutdown, 57P03 "the database system is starting up"), too many connections
+    (53300), and an asyncpg connection that was closed under us. A bad query is not.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if _is_away(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _is_away(exc: BaseException) -> bool:
+    from tortoise.exceptions import DBConnectionError, OperationalError
+
+    if isinstance(exc, (DBConnectionError, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, OSError):
+        # asyncio joins the failures of several addresses into one OSError without errno.
+        return exc.errno in _AWAY_ERRNOS or (exc.errno is None and "connect" in str(exc).lower())
+    if isinstance(exc, OperationalError) and "database is locked" in str(exc):
+        return True  # SQLite: another process held the write lock past busy_timeout
+    try:
+        import asyncpg  # the postgres extra
+    except ImportError:  # pragma: no cover - SQLite-only installations
+        return False
+    from asyncpg import exceptions as pg
+
+    # 08xxx connection errors, 57xxx operator intervention (shutdown, crash, starting up,
+    # cancelled), 53xxx insufficient resources (too many connections, disk full).
+    if isinstance(exc, (pg.PostgresConnectionError, pg.OperatorInterventionError,
+                        pg.InsufficientResourcesError)):
+        return True
+    # "connection is closed", "pool is closing": the connection went away mid-use. Other
+    # interface errors are our own misuse, a bug to see in the log.
+    if isinstance(exc, asyncpg.InterfaceError):
+        return "clos" in str(exc)
+    # A pooled connection whose server ended the session while it sat idle (57P01 read
+    # as it was handed out) fails its next query with "cannot switch to state ...;
+    # another operation is in progress" (seen in tests/test_faults.py).
+    return isinstance(exc, pg._base.InternalClientError) and "another operation" in str(exc)

@@ -44,9 +44,9 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from flufl.bounce import all_failures
-from tortoise.exceptions import DBConnectionError, OperationalError
 
 from notify import __version__, bounces
+from notify.db import is_unavailable
 from notify.models import Delivery, User
 from notify.settings import Settings
 from notify.tokens import AddressPurpose
@@ -370,28 +370,7 @@ class InboundHandler:
 
 def is_outage(exc: BaseException) -> bool:
     """Whether ``exc`` means the database is unreachable or busy for now (retry later)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, DBConnectionError | ConnectionError | TimeoutError | OSError):
-            return True
-        if isinstance(current, OperationalError) and "locked" in str(current).lower():
-            return True  # SQLite: another process holds the write lock
-        if _is_asyncpg_outage(current):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
-
-
-def _is_asyncpg_outage(exc: BaseException) -> bool:
-    try:
-        import asyncpg
-    except ImportError:  # the postgres extra is not installed
-        return False
-    return isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.InterfaceError
-                      | asyncpg.exceptions.OperatorInterventionError
-                      | asyncpg.exceptions.InsufficientResourcesError)
+    return is_unavailable(exc)
 
 
 # --- The server ---------------------------------------------------------------------------

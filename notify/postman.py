@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -26,6 +27,7 @@ from tortoise.transactions import in_transaction
 from notify import eligibility, i18n, links, mail, store
 from notify.channels import DeliveryError, EmailChannel, Envelope
 from notify.consent import ConsentState
+from notify.db import is_unavailable
 from notify.metrics import SEND_SECONDS
 from notify.models import (
     AddressKind,
@@ -45,22 +47,28 @@ log = logging.getLogger(__name__)
 
 #: How long a claimed delivery belongs to its worker; a crashed worker's claims expire.
 LEASE = timedelta(minutes=5)
-#: First pause after a temporary failure; it doubles each time, up to MAX_PAUSE.
+#: First pause after a temporary failure (NOTIFY_RETRY_FIRST_PAUSE_SECONDS); it doubles
+#: each time, up to MAX_PAUSE.
 FIRST_PAUSE = timedelta(seconds=30)
 MAX_PAUSE = timedelta(hours=1)
+#: While the database is away, writing a batch's outcomes is tried again after these
+#: pauses (doubling), until the batch's lease runs out.
+OUTCOME_RETRY_FIRST = 0.2
+OUTCOME_RETRY_MAX = 5.0
 
 
 class Signer(Protocol):
     def sign(self, message: bytes) -> bytes: ...
 
 
-def pause_after(attempts: int, rng: random.Random | None = None) -> timedelta:
+def pause_after(attempts: int, rng: random.Random | None = None, *,
+                first: timedelta = FIRST_PAUSE) -> timedelta:
     """Exponential backoff with ±20% jitter, so retries of many messages spread out.
 
     (A retry schedule kept in the database, not an in-process retry loop: it survives a
     restart and lets any worker take the retry over.)
     """
-    base = min(FIRST_PAUSE * 2 ** max(attempts - 1, 0), MAX_PAUSE)
+    base = min(first * 2 ** max(attempts - 1, 0), MAX_PAUSE)
     return base * (rng or random).uniform(0.8, 1.2)
 
 
@@ -113,8 +121,7 @@ class Postman:
         # is always seen by the check (the campaign status measures the rest).
         checked_at = store.now()
         known = await Batch.load(self.settings, batch)
-        await asyncio.gather(*(self._deliver_one(d, known, checked_at) for d in batch))
-        await record_outcomes(batch)
+        await finish_batch(batch, [self._deliver_one(d, known, checked_at) for d in batch])
 
     async def _deliver_one(self, delivery: Delivery, known: Batch, checked_at: datetime
                            ) -> None:
@@ -258,10 +265,12 @@ class Postman:
 
     async def _failed(self, delivery: Delivery, exc: DeliveryError, address: str) -> None:
         attempts = delivery.attempts + 1
-        if exc.temporary and store.now() + pause_after(attempts) < delivery.deadline:
-            log.info("delivery %s: temporary failure, retrying: %s", delivery.id, exc.detail)
+        pause = retry_pause(self.settings, attempts)
+        if exc.temporary and store.now() + pause < delivery.deadline:
+            log.info("delivery %s: temporary failure, retrying in %.0fs: %s", delivery.id,
+                     pause.total_seconds(), exc.detail)
             set_outcome(delivery, DeliveryStatus.QUEUED, attempts=attempts, last_error=exc.detail,
-                     next_attempt_at=store.now() + pause_after(attempts))
+                     next_attempt_at=store.now() + pause)
             return
         log.warning("delivery %s failed: %s", delivery.id, exc.detail)
         # An unknown mailbox refused at once is a hard bounce, counted as one by the
@@ -286,6 +295,37 @@ _OUTCOME_FIELDS = ("status", "skip_reason", "attempts", "last_error", "next_atte
 _NOT_NOTIFIED = (DeliveryStatus.SKIPPED, DeliveryStatus.FAILED, DeliveryStatus.CANCELLED)
 
 
+def retry_pause(settings: Settings, attempts: int) -> timedelta:
+    """The pause before the next try after ``attempts`` temporary failures."""
+    return pause_after(attempts, first=timedelta(seconds=settings.retry_first_pause_seconds))
+
+
+async def finish_batch(batch: list[Delivery], sends: list[Awaitable[None]]) -> None:
+    """Run a batch's sends, then record every outcome they reached, whatever happened.
+
+    One send failing unexpectedly (a database error while it recorded a bounce, a bug)
+    must not lose the outcomes of the others: those messages were handed over, and
+    unrecorded they would be sent again once the lease ran out. A delivery whose send
+    raised keeps its claim and is taken over later. The first error is raised afterwards.
+    """
+    try:
+        results = await asyncio.gather(*sends, return_exceptions=True)
+    except asyncio.CancelledError:
+        # Cut off by the shutdown timeout: what was handed over is recorded if the
+        # database still answers, and what was not keeps its claim (``sending``) for a
+        # takeover. The cancellation goes on either way.
+        try:
+            await record_outcomes(batch)
+        except Exception as exc:  # noqa: BLE001 - going down; a takeover follows
+            log.warning("cut off: could not record the outcomes of %d deliveries (%s); "
+                        "they will be taken over", len(batch), type(exc).__name__)
+        raise
+    await record_outcomes(batch)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
 def set_outcome(delivery: Delivery, status: DeliveryStatus, **values: Any) -> None:
     """Put an outcome on a claimed delivery; record_outcomes writes it."""
     delivery.status = status
@@ -301,7 +341,43 @@ async def record_outcomes(batch: list[Delivery]) -> None:
     overwritten: under the row locks taken here, what the others wrote stands. A "held"
     outcome (the campaign was paused) becomes "queued" if the campaign was resumed
     meanwhile, or it would wait for a resume that already happened.
+
+    While the database is away (a restart, a failover) the write is tried again until the
+    batch's lease runs out: the messages were handed over, and an outcome not written
+    means they are taken over and sent a second time. After the lease, a new owner may
+    have taken them: we give up and the campaign counts them as possible duplicates.
     """
+    # The leases as claimed: a failed attempt must not compare against what it changed.
+    claimed = {d.id: d.lease_until for d in batch}
+    leases = [lease for lease in claimed.values() if lease is not None]
+    until = min(leases) if leases else store.now()
+    pause = OUTCOME_RETRY_FIRST
+    # A hand-written loop rather than a retry library: the condition (the database is
+    # away, as db.is_unavailable reads it) and the deadline (the lease) are ours, and it
+    # is these few lines.
+    while True:
+        try:
+            await _record_outcomes(batch, claimed)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            if store.now() + timedelta(seconds=pause) >= until:
+                log.error("could not record the outcomes of %d deliveries before their "
+                          "lease ran out (the database is away): they will be taken over "
+                          "and may be sent twice", len(batch))
+                raise
+            log.warning("database unavailable while recording %d outcomes (%s); trying "
+                        "again in %.1fs", len(batch), type(exc).__name__, pause)
+        else:
+            if pause > OUTCOME_RETRY_FIRST:
+                log.warning("database available again; %d outcomes recorded", len(batch))
+            return
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, OUTCOME_RETRY_MAX)
+
+
+async def _record_outcomes(batch: list[Delivery], claimed: dict[int, datetime | None]
+                           ) -> None:
     now = store.now()
     async with in_transaction():
         ours = {row["id"]: row["lease_until"] for row in await (
@@ -312,7 +388,7 @@ async def record_outcomes(batch: list[Delivery]) -> None:
                      .values_list("id", flat=True)) if held else set()
         mine = []
         for delivery in batch:
-            if ours.get(delivery.id, "gone") != delivery.lease_until:
+            if ours.get(delivery.id, "gone") != claimed[delivery.id]:
                 continue  # taken over, or changed by a report: theirs stands
             if delivery.status == DeliveryStatus.SENDING:
                 continue  # our lease ran out before sending: left for the next owner

@@ -158,6 +158,9 @@ class Settings:
     # case this many hours after sign-in.
     console_session_minutes: int = 30
     console_session_hours: int = 12
+    # Faults and shutdown (issue #8).
+    retry_first_pause_seconds: int = 30
+    shutdown_timeout: int = 30
     #: True when some keys were generated for development rather than configured.
     dev_keys: bool = False
 
@@ -234,6 +237,9 @@ KEYS: dict[str, Any] = {
     # Console (issue #9)
     "console_session_minutes": 30,
     "console_session_hours": 12,
+    # Faults and shutdown (issue #8)
+    "retry_first_pause_seconds": 30,
+    "shutdown_timeout": 30,
 }
 
 _TOPIC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -326,6 +332,9 @@ def _build(raw: dict[str, Any], topics_raw: dict[str, Any]) -> Settings:
     s["bounce_threshold"] = float(_integer("bounce_threshold", value["bounce_threshold"], 1, 100))
     s["bounce_stale_days"] = _integer("bounce_stale_days", value["bounce_stale_days"], 1, 365)
     s["retry_hours"] = _integer("retry_hours", value["retry_hours"], 1, 720)
+    s["retry_first_pause_seconds"] = _integer(
+        "retry_first_pause_seconds", value["retry_first_pause_seconds"], 1, 3600)
+    s["shutdown_timeout"] = _integer("shutdown_timeout", value["shutdown_timeout"], 1, 3600)
     s["guard_complaint_rate"] = _number("guard_complaint_rate", value["guard_complaint_rate"],
                                         0.01, 100)
     s["guard_bounce_rate"] = _number("guard_bounce_rate", value["guard_bounce_rate"], 0.01, 100)

@@ -154,3 +154,25 @@ async def alice(client) -> AsyncIterator[dict]:  # noqa: ANN001
     }, headers=APP)
     assert resp.status == 201, await resp.text()
     yield await resp.json()
+
+
+@pytest.fixture(scope="session")
+def private_pg() -> Iterator[object]:
+    """A PostgreSQL server of this run's own, for tests that stop and crash it (the shared
+    one on 5432 is never touched). Needs Debian's initdb and pg_ctl."""
+    from pgserver import PrivatePostgres, binaries
+
+    bindir = binaries()
+    if bindir is None:
+        reason = ("no PostgreSQL server binaries in /usr/lib/postgresql/*/bin for the fault "
+                  "tests: apt-get install postgresql")
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and {reason}", pytrace=False)
+        pytest.skip(reason)
+    server = PrivatePostgres(bindir)
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.remove()

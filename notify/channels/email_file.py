@@ -5,6 +5,7 @@ outbox folder, exactly the bytes SMTP would carry, so development never reaches 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import uuid
 from datetime import UTC, datetime
@@ -29,7 +30,10 @@ class FileEmailChannel:
             await asyncio.to_thread(_write_atomically, self.outbox / name, data)
         except OSError as exc:
             # A full disk or a missing permission may pass; the message was not written.
-            raise DeliveryError(f"cannot write {name}: {exc.strerror}", temporary=True) from None
+            # The errno's name (ENOSPC, EACCES) is what an operator searches for.
+            code = errno.errorcode.get(exc.errno or 0, "OSError")
+            raise DeliveryError(f"cannot write {name} to {self.outbox}: {code} "
+                                f"({exc.strerror or exc})", temporary=True) from None
         return Receipt(self.name, name)
 
     async def close(self) -> None:
@@ -38,10 +42,16 @@ class FileEmailChannel:
 
 def _write_atomically(path: Path, data: bytes) -> None:
     # Written under a temporary name and renamed, so a reader never sees half a message.
+    # A write that fails (a full disk) removes what it wrote: no truncated message is left
+    # behind, under any name.
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".part")
-    with partial.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    partial.replace(path)
+    try:
+        with partial.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        partial.replace(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise

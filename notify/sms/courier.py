@@ -11,7 +11,6 @@ it, and 21610 withdraws SMS consent (``notify.sms.actions``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -95,8 +94,8 @@ class SmsCourier:
         # Taken before the checks read anything (see Postman.deliver_batch).
         checked_at = store.now()
         known = await postman.Batch.load(self.settings, batch, AddressKind.PHONE)
-        await asyncio.gather(*(self._deliver_one(d, known, checked_at) for d in batch))
-        await postman.record_outcomes(batch)
+        await postman.finish_batch(
+            batch, [self._deliver_one(d, known, checked_at) for d in batch])
 
     async def _deliver_one(self, delivery: Delivery, known: postman.Batch,
                            checked_at: datetime) -> None:
@@ -186,7 +185,7 @@ class SmsCourier:
     async def _failed(self, delivery: Delivery, user: User, exc: DeliveryError) -> None:
         attempts = delivery.attempts + 1
         now = self.clock()
-        pause = postman.pause_after(attempts)
+        pause = postman.retry_pause(self.settings, attempts)
         if exc.temporary and now + pause < delivery.deadline:
             log.info("delivery %s: temporary failure, retrying: %s", delivery.id, exc.detail)
             postman.set_outcome(delivery, DeliveryStatus.QUEUED, attempts=attempts,

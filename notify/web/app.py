@@ -19,6 +19,7 @@ from notify.postman import Postman
 from notify.sender import Sender, only_sender, running
 from notify.settings import Settings
 from notify.sms.courier import SmsCourier
+from notify.web import in_flight
 from notify.web.abuse import abuse_limits
 from notify.web.endpoints import DB, LIMITER, POSTMAN, SETTINGS, openapi
 from notify.web.pages_routes import PAGES
@@ -36,9 +37,10 @@ def make_app(
     """Build the app. Tests leave ``start_sender`` off and drive the sender themselves."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[security_headers, abuse_limits, problem_middleware],
+        middlewares=[in_flight.track, security_headers, abuse_limits, problem_middleware],
     )
     app[SETTINGS] = settings
+    in_flight.cut_off_at_shutdown(app, settings.shutdown_timeout)
     app[LIMITER] = Limiter(settings)
     app.cleanup_ctx.append(_database(settings, migrate=migrate))
     app.cleanup_ctx.append(_postman)
@@ -109,9 +111,17 @@ async def _courier(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _sender(app: web.Application) -> AsyncIterator[None]:
-    app[SENDER] = Sender(jobs=jobs(app[SETTINGS], app[POSTMAN], app[COURIER]))
-    with only_sender(app[SETTINGS].database_url):
-        async with running(app[SENDER]):
+    settings = app[SETTINGS]
+    app[SENDER] = sender = Sender(jobs=jobs(settings, app[POSTMAN], app[COURIER]))
+
+    async def stop_sending(app: web.Application) -> None:
+        # At the start of a shutdown, while the requests in flight finish: the sender's
+        # batch finishes meanwhile, within the same shutdown timeout.
+        sender.stop(settings.shutdown_timeout)
+
+    app.on_shutdown.append(stop_sending)
+    with only_sender(settings.database_url):
+        async with running(sender, grace=settings.shutdown_timeout):
             yield
 
 

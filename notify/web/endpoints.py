@@ -14,6 +14,7 @@ import hmac
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -72,6 +73,10 @@ class Endpoint:
     response: type[BaseModel] | None = None
     status: int = 200
     tag: str = "users"
+    #: Statuses the view itself also answers (201 for a PUT that creates, 409 for a
+    #: conflict), so /openapi.json documents them; the machinery's own (401, 403, 400, 413,
+    #: 415, 422, 404) follow from the scope, body, query and path.
+    also: tuple[int, ...] = ()
 
     def handler(self) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -159,6 +164,10 @@ def openapi(endpoints: tuple[Endpoint, ...], public_url: str) -> dict[str, Any]:
                    if e.response else {}),
             }
         }
+        for status in e.also:
+            if status < 400:
+                responses[str(status)] = {**responses[str(e.status)],
+                                          "description": _reason(status)}
         for status in _error_statuses(e):
             responses[str(status)] = {"description": _reason(status), "content": problem}
         op: dict[str, Any] = {
@@ -188,10 +197,14 @@ def openapi(endpoints: tuple[Endpoint, ...], public_url: str) -> dict[str, Any]:
     }
 
 
+#: What an ``{id}`` in a path is: the main app's user id, or a campaign's number.
+_ID_PATTERNS = {"users": r"^[A-Za-z0-9._:@+\-]{1,255}$", "campaigns": r"^[0-9]{1,18}$"}
+
+
 def _parameters(e: Endpoint) -> list[dict[str, Any]]:
     params = [
         {"name": name.strip("{}"), "in": "path", "required": True,
-         "schema": {"type": "string", "pattern": r"^[A-Za-z0-9._:@+\-]{1,255}$"}
+         "schema": {"type": "string", "pattern": _ID_PATTERNS[e.tag]}
          if name == "{id}" else {"type": "string"}}
         for name in e.path.split("/") if name.startswith("{")
     ]
@@ -212,8 +225,7 @@ def _error_statuses(e: Endpoint) -> list[int]:
         statuses += [422]
     if "{" in e.path:
         statuses += [404]
-    if e.method in ("PUT", "PATCH"):
-        statuses += [409]
+    statuses += [status for status in e.also if status >= 400]
     return sorted(set(statuses))
 
 
@@ -221,4 +233,4 @@ def _reason(status: int) -> str:
     for cls, code in STATUS.items():
         if code == status:
             return cls.title
-    return "Error"
+    return HTTPStatus(status).phrase

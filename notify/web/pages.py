@@ -16,6 +16,8 @@ from typing import Any
 
 import jinja2
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.web_protocol import RequestPayloadError
 from email_validator import EmailNotValidError, validate_email
 
 from notify import i18n, links, store, subscriptions, tokens
@@ -35,6 +37,8 @@ _ENV = jinja2.Environment(
     autoescape=True,
     undefined=jinja2.StrictUndefined,
 )
+#: Set on a request whose body could not be read (see _form).
+_UNREADABLE = web.RequestKey("unreadable_body", bool)
 #: An undo restores the earlier state only shortly after the unsubscribe it undoes.
 UNDO_WINDOW = timedelta(hours=24)
 
@@ -45,7 +49,11 @@ def render(request: web.Request, name: str, locale: str, status: int = 200,
         return i18n.translate(locale, key, **values)
 
     html = _ENV.get_template(name).render(**context, t=t, locale=locale)
-    return web.Response(text=html, status=status, content_type="text/html", charset="utf-8")
+    response = web.Response(text=html, status=status, content_type="text/html",
+                            charset="utf-8")
+    if request.get(_UNREADABLE):
+        response.force_close()
+    return response
 
 
 def _browser_locale(request: web.Request, user: User | None = None) -> str:
@@ -53,7 +61,12 @@ def _browser_locale(request: web.Request, user: User | None = None) -> str:
 
 
 def invalid(request: web.Request) -> web.Response:
-    return render(request, "invalid.html", _browser_locale(request), status=404)
+    return browser_page(request, "invalid.html", status=404)
+
+
+def browser_page(request: web.Request, name: str, status: int) -> web.Response:
+    """A page that needs no user: in the browser's language."""
+    return render(request, name, _browser_locale(request), status=status)
 
 
 async def _resolve(request: web.Request, purpose: Purpose) -> tuple[tokens.Link, User] | None:
@@ -331,3 +344,9 @@ async def _form(request: web.Request) -> Any:
         return await request.post()
     except (ValueError, LookupError, AssertionError):
         return None  # a malformed body, an unknown charset: not a form we can read
+    except (RequestPayloadError, BadHttpMessage):
+        # A Content-Encoding the body does not have, a multipart part with a malformed
+        # header: not a form either, and the rest of the body cannot be skipped, so aiohttp
+        # drops the connection after the answer; render() says so in it.
+        request[_UNREADABLE] = True
+        return None

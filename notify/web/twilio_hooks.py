@@ -60,6 +60,12 @@ async def signed_form(request: web.Request) -> MultiDict[str]:
     except (UnicodeDecodeError, ValueError):
         raise BadRequest("the body is not UTF-8 form data with at most 100 fields") from None
     form = MultiDict(pairs)
+    repeated = sorted({name for name in form if len(form.getall(name)) > 1})
+    if repeated:
+        # Twilio never repeats a field, and its signature does not bind the order of a
+        # repeated field's values (it hashes them sorted): with Body twice, a signed "HELP,
+        # STOP" would verify as "STOP, HELP" too, and we read the first.
+        raise BadRequest(f"the field {repeated[0]} is given more than once")
     signature = request.headers.get("X-Twilio-Signature", "")
     url = settings.public_url + request.raw_path
     if not (settings.twilio_auth_token and signature
