@@ -37,7 +37,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", USER, users.get_user, "A user with their consents", response=UserOut),
     Endpoint("GET", "/v1/users", sup.lookup_user,
              "Find a user by the main app's id or by email address (support)",
-             scope="admin", query=sup.LookupQuery, response=UserOut),
+             scope="admin", query=sup.LookupQuery, response=UserOut, also=(404,)),
     Endpoint("DELETE", USER, users.delete_user,
              "Erase a user: contact data goes; suppressions and an anonymised ledger stay",
              scope="admin", status=204),
@@ -102,7 +102,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/v1/suppressions", sup.post_suppression,
              "Suppress an address on request (reason manual; 201, or 200 if it was already)",
              scope="admin", body=sup.SuppressionIn, response=sup.SuppressionAdded,
-             status=201, tag="suppressions"),
+             status=201, tag="suppressions", also=(200,)),
     Endpoint("GET", "/v1/stats", sup.get_stats,
              "The dashboard's figures: queue depth, sends per minute, unsubscribes by "
              "source, complaint and bounce rates", scope="admin", response=sup.StatsOut,
