@@ -143,10 +143,15 @@ async def policy_of(campaign: Campaign) -> PolicyVersion | None:
     return await PolicyVersion.get(id=campaign.policy_version_id)
 
 
-async def preview(campaign: Campaign, topics: Mapping[str, str | None]) -> list[Audience]:
-    """How many would receive the campaign now, per channel, and who not and why."""
+async def preview(campaign: Campaign, topics: Mapping[str, str | None],
+                  policy: PolicyVersion | None = None) -> list[Audience]:
+    """How many would receive the campaign now, per channel, and who not and why.
+
+    ``policy`` lets a notice of a version not yet published be previewed (neither it nor
+    its campaign saved): nobody can have been notified of it yet.
+    """
     conn = connection()
-    policy = await policy_of(campaign)
+    policy = policy or await policy_of(campaign)
     found = []
     for channel in campaign.channels:
         sql = Sql(_dialect(conn))

@@ -154,6 +154,10 @@ class Settings:
     sms_default_time_zone: str = "UTC"
     sms_max_segments: int = 2
     sms_rate: int = 0
+    # Console (issue #9): a signed-in session ends after this many idle minutes, and in any
+    # case this many hours after sign-in.
+    console_session_minutes: int = 30
+    console_session_hours: int = 12
     # Faults and shutdown (issue #8).
     retry_first_pause_seconds: int = 30
     shutdown_timeout: int = 30
@@ -230,6 +234,9 @@ KEYS: dict[str, Any] = {
     "sms_default_time_zone": "UTC",
     "sms_max_segments": 2,
     "sms_rate": 0,
+    # Console (issue #9)
+    "console_session_minutes": 30,
+    "console_session_hours": 12,
     # Faults and shutdown (issue #8)
     "retry_first_pause_seconds": 30,
     "shutdown_timeout": 30,
@@ -360,6 +367,10 @@ def _build(raw: dict[str, Any], topics_raw: dict[str, Any]) -> Settings:
             raise ConfigError(f"{env_name('dkim_ed25519_key_file')}: no such file {ed25519}")
         s["dkim_ed25519_key_file"] = Path(ed25519).expanduser()
     _sms(s, value)
+    s["console_session_minutes"] = _integer("console_session_minutes",
+                                            value["console_session_minutes"], 1, 24 * 60)
+    s["console_session_hours"] = _integer("console_session_hours",
+                                          value["console_session_hours"], 1, 24 * 7)
     _require_for_transports(s)
     s["topics"] = _topics(topics_raw)
 

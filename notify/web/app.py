@@ -11,6 +11,8 @@ from tortoise.context import set_global_context
 
 from notify.channels.factory import email_channel, signer
 from notify.channels.sms import sms_channel
+from notify.console import CSP as CONSOLE_CSP
+from notify.console import is_console, setup_console
 from notify.db import apply_migrations, close_db, open_db
 from notify.jobs import jobs
 from notify.postman import Postman
@@ -58,6 +60,7 @@ def make_app(
         return web.Response(text=spec, content_type="application/json")
 
     app.router.add_get("/openapi.json", openapi_json)
+    setup_console(app)
     return app
 
 
@@ -139,4 +142,8 @@ SECURITY_HEADERS = {
 async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     response = await handler(request)
     response.headers.update(SECURITY_HEADERS)
+    if is_console(request.path):
+        # The console runs one small script of its own for live progress (see
+        # notify.console.CSP); the public pages run none.
+        response.headers["Content-Security-Policy"] = CONSOLE_CSP
     return response

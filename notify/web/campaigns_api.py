@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from aiohttp import web
 from pydantic import AfterValidator, AnyHttpUrl, BaseModel, Field
 
-from notify import audit, campaigns
+from notify import audit, campaigns, notices
 from notify.eligibility import CAMPAIGN_KINDS, SkipReason
 from notify.errors import InvalidRequest, NotFound
 from notify.models import Campaign, PolicyVersion
@@ -88,6 +88,22 @@ class PolicyOut(BaseModel):
 
 class PolicyList(BaseModel):
     policies: list[PolicyOut]
+
+
+class SampleOut(BaseModel):
+    locale: str
+    subject: str
+    text: str
+    html: str
+
+
+class NoticePreviewOut(BaseModel):
+    who: str = Field(description="who receives the notice, in plain words")
+    eligible: int
+    excluded: dict[str, int] = Field(description="users left out, by reason")
+    examples: dict[str, list[str]] = Field(description="a few user ids for each reason")
+    reasons: dict[str, str] = Field(description="what each exclusion reason means")
+    samples: list[SampleOut] = Field(description="the notice email per language")
 
 
 class AudienceFilter(Strict):
@@ -234,10 +250,27 @@ def _policy_out(policy: PolicyVersion) -> PolicyOut:
 
 
 async def post_policy(call: Call) -> PolicyOut:
-    body: PolicyIn = call.body
+    return _policy_out(await campaigns.publish_policy(policy_values(call.body), _key(call)))
+
+
+def policy_values(body: PolicyIn) -> dict[str, Any]:
     values = body.model_dump()
     values["url"] = str(body.url)
-    return _policy_out(await campaigns.publish_policy(values, _key(call)))
+    return values
+
+
+def notice_preview_out(found: notices.NoticePreview) -> NoticePreviewOut:
+    return NoticePreviewOut(
+        who=found.who, eligible=found.audience.eligible, excluded=found.audience.excluded,
+        examples=found.audience.examples, reasons={str(k): v for k, v in REASONS.items()},
+        samples=[SampleOut(locale=s.locale, subject=s.subject, text=s.text, html=s.html)
+                 for s in found.samples])
+
+
+async def preview_policy(call: Call) -> NoticePreviewOut:
+    """What publishing this version and sending its notice would do; nothing is saved."""
+    policy = notices.unsaved_policy(policy_values(call.body))
+    return notice_preview_out(await notices.preview(call.settings, policy))
 
 
 async def get_policies(call: Call) -> PolicyList:
@@ -272,16 +305,18 @@ async def campaign_out(campaign: Campaign) -> CampaignOut:
                                    max_lag_seconds=found.max_withdrawal_lag_seconds))
 
 
-async def post_campaign(call: Call) -> web.Response:
-    body: CampaignIn = call.body
+def spec_of(body: CampaignIn) -> campaigns.Spec:
     if body.kind not in CAMPAIGN_KINDS:  # pragma: no cover - the Literal refuses it first
         raise InvalidRequest("unknown kind", field="body.kind")
-    spec = campaigns.Spec(
+    return campaigns.Spec(
         name=body.name, kind=body.kind, channels=[Channel(c).value for c in body.channels],
         topic=body.topic, template=body.template, variables=dict(body.variables),
         audience=body.audience.model_dump(mode="json", exclude_none=True),
         policy_version=body.policy_version, send_at=body.send_at)
-    campaign = await campaigns.create(call.settings, spec, _key(call))
+
+
+async def post_campaign(call: Call) -> web.Response:
+    campaign = await campaigns.create(call.settings, spec_of(call.body), _key(call))
     return web.json_response(text=(await campaign_out(campaign)).model_dump_json(), status=201)
 
 

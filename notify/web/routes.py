@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from notify.web import campaigns_api as camp
 from notify.web import health, users, webhooks
+from notify.web import support_api as sup
 from notify.web.endpoints import Endpoint
 from notify.web.schemas import (
     ConsentChangeOut,
@@ -34,6 +35,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("PATCH", USER, users.patch_user, "Change some fields of a user",
              body=UserIn, response=UserOut, also=(409,)),
     Endpoint("GET", USER, users.get_user, "A user with their consents", response=UserOut),
+    Endpoint("GET", "/v1/users", sup.lookup_user,
+             "Find a user by the main app's id or by email address (support)",
+             scope="admin", query=sup.LookupQuery, response=UserOut, also=(404,)),
     Endpoint("DELETE", USER, users.delete_user,
              "Erase a user: contact data goes; suppressions and an anonymised ledger stay",
              scope="admin", status=204),
@@ -44,6 +48,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              response=ConsentChangeOut),
     Endpoint("GET", USER + "/consent-events", users.get_events,
              "The consent ledger, newest first", query=EventQuery, response=EventPage),
+    Endpoint("POST", USER + "/withdrawals", sup.post_withdrawal,
+             "Withdraw a topic (or 'all') on the user's behalf: source support, the key as "
+             "actor, a required note; audited", scope="admin", body=sup.WithdrawalIn,
+             response=sup.WithdrawalOut),
     Endpoint("GET", USER + "/links", users.get_links,
              "Signed preference and unsubscribe links, and List-Unsubscribe header values",
              response=LinksOut),
@@ -53,6 +61,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "Publish a policy version (immutable once published; 409 if the label exists)",
              scope="admin", body=camp.PolicyIn, response=camp.PolicyOut, status=201,
              tag="policies", also=(409,)),
+    Endpoint("POST", "/v1/policies/preview", camp.preview_policy,
+             "Preview a version's notice before publishing: the email in each language, "
+             "who receives it, and who not and why (nothing is saved)",
+             scope="admin", body=camp.PolicyIn, response=camp.NoticePreviewOut,
+             tag="policies"),
     Endpoint("GET", "/v1/policies", camp.get_policies, "Published policy versions, newest first",
              scope="admin", response=camp.PolicyList, tag="policies"),
     Endpoint("POST", "/v1/campaigns", camp.post_campaign,
@@ -82,6 +95,18 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              scope="admin", body=camp.TestIn, response=camp.TestOut, tag="campaigns"),
     Endpoint("GET", "/v1/audit", camp.get_audit, "The admin audit log, newest first",
              scope="admin", query=camp.AuditQuery, response=camp.AuditPage, tag="audit"),
+    Endpoint("GET", "/v1/suppressions", sup.get_suppressions,
+             "Suppressions, newest first, or those of one whole address",
+             scope="admin", query=sup.SuppressionQuery, response=sup.SuppressionPage,
+             tag="suppressions"),
+    Endpoint("POST", "/v1/suppressions", sup.post_suppression,
+             "Suppress an address on request (reason manual; 201, or 200 if it was already)",
+             scope="admin", body=sup.SuppressionIn, response=sup.SuppressionAdded,
+             status=201, tag="suppressions", also=(200,)),
+    Endpoint("GET", "/v1/stats", sup.get_stats,
+             "The dashboard's figures: queue depth, sends per minute, unsubscribes by "
+             "source, complaint and bounce rates", scope="admin", response=sup.StatsOut,
+             tag="health"),
     Endpoint("POST", "/webhooks/bounces", webhooks.post_bounce,
              "Report a bounce or spam complaint from an email provider (202)", scope="admin",
              body=webhooks.BounceReportIn, response=webhooks.BounceReportOut, status=202,
