@@ -161,6 +161,8 @@ FORMS = [
     ("/console/campaigns/1/cancel", {}),
     ("/console/users/alice/withdraw", {"topic": "all", "note": "asked by phone"}),
     ("/console/suppressions", {"address": "x@example.com", "note": "asked"}),
+    ("/console/users/lookup", {"q": "alice"}),
+    ("/console/suppressions/search", {"address": "x@example.com"}),
     ("/console/sign-out", {}),
 ]
 
@@ -211,8 +213,7 @@ async def test_every_page_renders_and_every_input_has_a_label(client, alice):
     await sign_in(client)
     pages += ["/console", "/console/policies", "/console/policies/2026-12", "/console/campaigns",
               "/console/campaigns/new", "/console/campaigns/1", "/console/users",
-              "/console/users?q=alice", "/console/users?q=ALICE@example.com",
-              "/console/suppressions", "/console/suppressions?address=gone@example.com",
+              "/console/users/alice", "/console/suppressions",
               "/console/audit", "/console/audit?target=campaign:1"]
     controls = 0
     for path in pages:
@@ -223,20 +224,32 @@ async def test_every_page_renders_and_every_input_has_a_label(client, alice):
         assert parser.unlabelled() == [], path
         controls += len(parser.controls)
     assert controls > 30  # the forms were there to check
-    text = await (await client.get("/console/users?q=ALICE@example.com")).text()
+    csrf = await csrf_for(client)
+    # Look-ups are POSTs: an address never appears in a URL, only the main app's id.
+    found = await client.post("/console/users/lookup", data={"q": "ALICE@example.com",
+                                                             "csrf": csrf},
+                              allow_redirects=False)
+    assert (found.status, found.headers["Location"]) == (303, "/console/users/alice")
+    text = await (await client.get(found.headers["Location"])).text()
     assert "User alice" in text and "alice@example.com" in text
-    text = await (await client.get("/console/suppressions?address=gone@example.com")).text()
-    assert "asked by phone" in text and "manual" in text
+    resp = await client.post("/console/suppressions/search",
+                             data={"address": "gone@example.com", "csrf": csrf})
+    text = await resp.text()
+    assert resp.status == 200 and "asked by phone" in text and "manual" in text
+    assert "gone@example.com" not in str(resp.url)
 
 
 async def test_unknown_things_are_clear_404_pages(client):
     await sign_in(client)
     for path, words in (("/console/campaigns/99", "no campaign 99"),
                         ("/console/policies/nope", "no published policy version"),
-                        ("/console/users?q=nobody", "no user with the id or email")):
+                        ("/console/users/nobody", "no user with id")):
         resp = await client.get(path)
         assert resp.status == 404, path
         assert words in await resp.text()
+    resp = await client.post("/console/users/lookup",
+                             data={"q": "nobody@example.com", "csrf": await csrf_for(client)})
+    assert resp.status == 404 and "no user with the id or email" in await resp.text()
 
 
 async def test_console_actions_work_and_are_audited_with_the_key_name(client, orm, alice,

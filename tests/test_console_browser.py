@@ -232,6 +232,8 @@ async def walk(page: Page, server: Server, sink: Sink, *, screenshots: bool) -> 
     await page.get_by_label("User id or email address").fill("u4@example.com")
     await page.get_by_role("button", name="Look up").click()
     await expect(page.get_by_role("heading", name="User u-4")).to_be_visible()
+    # Looked up by a POST: the address is in no URL, the page is named by the id.
+    assert page.url.endswith("/console/users/u-4"), page.url
     await expect(page.get_by_test_id("state-email_notifications")).to_have_text("subscribed")
     await page.get_by_label("Topic").select_option("email_notifications")
     await page.get_by_label("Note (required)").fill("Asked by phone, ticket 4711")

@@ -15,8 +15,9 @@ from notify.models import AuditEntry, ConsentEvent, Delivery, User
 POLICY = {"version": "2026-12", "title": "Clearer retention", "summary": "Two years, not five.",
           "url": "https://example.com/privacy/2026-12", "effective_at": "2026-12-01T00:00:00Z",
           "material": False}
-NEW = [("GET", "/v1/users"), ("POST", "/v1/users/{id}/withdrawals"),
-       ("GET", "/v1/suppressions"), ("POST", "/v1/suppressions"), ("GET", "/v1/stats"),
+NEW = [("POST", "/v1/users/lookup"), ("POST", "/v1/users/{id}/withdrawals"),
+       ("GET", "/v1/suppressions"), ("POST", "/v1/suppressions"),
+       ("POST", "/v1/suppressions/search"), ("GET", "/v1/stats"),
        ("POST", "/v1/policies/preview")]
 
 
@@ -31,13 +32,19 @@ async def test_new_endpoints_are_admin_only_and_documented(client):
 
 async def test_users_are_found_by_id_or_email_in_any_case(client, alice):
     for query in ("alice", "alice@example.com", "ALICE@Example.com"):
-        resp = await client.get("/v1/users", params={"q": query}, headers=ADMIN)
+        resp = await client.post("/v1/users/lookup", json={"q": query}, headers=ADMIN)
         assert resp.status == 200
         assert (await resp.json())["id"] == "alice"
-    resp = await client.get("/v1/users", params={"q": "nobody@example.com"}, headers=ADMIN)
+    resp = await client.post("/v1/users/lookup", json={"q": "nobody@example.com"},
+                             headers=ADMIN)
     assert resp.status == 404 and resp.content_type == "application/problem+json"
-    resp = await client.get("/v1/users", headers=ADMIN)
+    resp = await client.post("/v1/users/lookup", json={}, headers=ADMIN)
     assert resp.status == 422
+    # No look-up by a URL that carries the address.
+    spec = await (await client.get("/openapi.json")).json()
+    assert "get" not in spec["paths"].get("/v1/users", {})
+    assert all(p["name"] != "address" for p in spec["paths"]["/v1/suppressions"]["get"]
+               ["parameters"])
 
 
 async def test_withdrawal_records_support_with_the_key_and_note_and_is_audited(
@@ -90,8 +97,9 @@ async def test_suppressions_are_added_once_searched_by_whole_address_and_audited
     assert resp.status == 200 and (await resp.json()) == {"added": False}
     await client.post("/v1/suppressions", json={"address": "+4915123456789", "note": "x"},
                       headers=ADMIN)
-    found = (await (await client.get("/v1/suppressions", params={"address": "gone@example.com"},
-                                     headers=ADMIN)).json())["suppressions"]
+    found = (await (await client.post("/v1/suppressions/search",
+                                      json={"address": "gone@example.com"},
+                                      headers=ADMIN)).json())["suppressions"]
     assert [(s["kind"], s["reason"], s["note"]) for s in found] == [
         ("email", "manual", "asked by letter")]
     everything = (await (await client.get("/v1/suppressions", headers=ADMIN)).json())

@@ -25,7 +25,10 @@ ROUTES = (
     ("POST", "/console/campaigns/{id:[0-9]+}/resume", campaigns.resume),
     ("POST", "/console/campaigns/{id:[0-9]+}/cancel", campaigns.cancel),
     ("GET", "/console/users", users.users_page),
+    ("POST", "/console/users/lookup", users.lookup),
+    ("GET", "/console/users/{id}", users.user_page),
     ("POST", "/console/users/{id}/withdraw", users.withdraw),
     ("GET", "/console/suppressions", users.suppressions_page),
+    ("POST", "/console/suppressions/search", users.search_suppressions),
     ("POST", "/console/suppressions", users.suppress),
 )

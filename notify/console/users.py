@@ -3,7 +3,7 @@ whole ledger), withdraw a topic on their behalf with a note, and the suppression
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -33,15 +33,28 @@ async def _user_page(request: web.Request, user: User, status: int = 200, *,
 
 @page
 async def users_page(request: web.Request) -> web.Response:
-    query = request.query.get("q", "").strip()
+    return render(request, "users.html", title="Users", query="", error=None)
+
+
+@page
+async def lookup(request: web.Request) -> web.StreamResponse:
+    # A POST, so that an email address never sits in a URL (browser history, proxy logs):
+    # the answer is a redirect to the user's page, named by the main app's id only.
+    query = form_of(request).get("q", "").strip()
     if not query:
-        return render(request, "users.html", title="Users", query="", error=None)
+        return render(request, "users.html", status=422, title="Users", query="",
+                      error="Enter a user id or an email address.")
     try:
         user = await support.find_user(query[:320])
     except NotFound as exc:
         return render(request, "users.html", status=404, title="Users", query=query,
                       error=exc.detail)
-    return await _user_page(request, user)
+    raise web.HTTPSeeOther(f"/console/users/{quote(user.external_id, safe='')}")
+
+
+@page
+async def user_page(request: web.Request) -> web.Response:
+    return await _user_page(request, await _user(request))
 
 
 async def _user(request: web.Request) -> User:
@@ -63,17 +76,24 @@ async def withdraw(request: web.Request) -> web.StreamResponse:
     done = await support.withdraw(settings_of(request), user, body.topic, body.note,
                                   key_of(request).kid)
     changed = sum(w.change.is_change for w in done)
-    query = urlencode({"q": user.external_id, "withdrawn": changed})
-    raise web.HTTPSeeOther(f"/console/users?{query}")
+    raise web.HTTPSeeOther(f"/console/users/{quote(user.external_id, safe='')}"
+                           f"?{urlencode({'withdrawn': changed})}")
 
 
 @page
 async def suppressions_page(request: web.Request) -> web.Response:
-    address = request.query.get("address", "").strip()[:320] or None
+    found = await support.suppressions(settings_of(request), None, limit=100)
+    return render(request, "suppressions.html", title="Suppressions", found=found,
+                  address="", added=request.query.get("added"), errors={}, values={})
+
+
+@page
+async def search_suppressions(request: web.Request) -> web.Response:
+    # A POST for the same reason as the user look-up: the address stays out of URLs.
+    address = form_of(request).get("address", "").strip()[:320] or None
     found = await support.suppressions(settings_of(request), address, limit=100)
     return render(request, "suppressions.html", title="Suppressions", found=found,
-                  address=address or "", added=request.query.get("added"), errors={},
-                  values={})
+                  address=address or "", added=None, errors={}, values={})
 
 
 @page
@@ -89,5 +109,4 @@ async def suppress(request: web.Request) -> web.StreamResponse:
                       values=values)
     added = await support.suppress(settings_of(request), body.address, body.note,
                                    key_of(request).kid)
-    query = urlencode({"address": body.address, "added": "1" if added else "0"})
-    raise web.HTTPSeeOther(f"/console/suppressions?{query}")
+    raise web.HTTPSeeOther(f"/console/suppressions?added={'1' if added else '0'}")

@@ -17,7 +17,9 @@ from notify.web.users import user_id, user_out
 # -- shapes ------------------------------------------------------------------------------
 
 
-class LookupQuery(Strict):
+class LookupIn(Strict):
+    """A body, not a query: an email address must not sit in a URL (proxy logs, history)."""
+
     q: str = Field(min_length=1, max_length=320, description="a user id or an email address")
 
 
@@ -37,8 +39,14 @@ class WithdrawalOut(BaseModel):
 
 
 class SuppressionQuery(Strict):
-    address: str | None = Field(default=None, min_length=1, max_length=320,
-                                description="a whole email address or phone number")
+    limit: int = Field(default=50, ge=1, le=500)
+
+
+class SuppressionSearchIn(Strict):
+    """A body, not a query, for the same reason as LookupIn."""
+
+    address: str = Field(min_length=1, max_length=320,
+                         description="a whole email address or phone number")
     limit: int = Field(default=50, ge=1, le=500)
 
 
@@ -88,8 +96,8 @@ def _key(call: Call) -> str:
 
 
 async def lookup_user(call: Call) -> UserOut:
-    query: LookupQuery = call.query
-    return await user_out(call, await support.find_user(query.q))
+    body: LookupIn = call.body
+    return await user_out(call, await support.find_user(body.q))
 
 
 async def post_withdrawal(call: Call) -> WithdrawalOut:
@@ -107,7 +115,13 @@ def suppression_entry(row: object) -> SuppressionEntry:
 
 async def get_suppressions(call: Call) -> SuppressionPage:
     query: SuppressionQuery = call.query
-    found = await support.suppressions(call.settings, query.address, limit=query.limit)
+    found = await support.suppressions(call.settings, None, limit=query.limit)
+    return SuppressionPage(suppressions=[suppression_entry(s) for s in found])
+
+
+async def search_suppressions(call: Call) -> SuppressionPage:
+    body: SuppressionSearchIn = call.body
+    found = await support.suppressions(call.settings, body.address, limit=body.limit)
     return SuppressionPage(suppressions=[suppression_entry(s) for s in found])
 
 
