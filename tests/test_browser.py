@@ -15,10 +15,10 @@ still gets its own app, database and browser context (cookies, cache, JavaScript
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import email
 import email.policy
-import os
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -29,21 +29,15 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from browsers import find_chromium, launched
 from support import APP
 
 from notify.settings import Settings
 from notify.web.app import make_app
 
-try:
-    from playwright.async_api import Browser, Locator, Page, async_playwright, expect
-except ImportError:  # the fixture `chromium` explains what to install
-    async_playwright = None
+with contextlib.suppress(ImportError):  # find_chromium explains what to install
+    from playwright.async_api import Browser, Locator, Page, expect
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]
 LABELS = {
     "email_notifications": "Email notifications",
     "sms_notifications": "SMS notifications",
@@ -59,30 +53,13 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    """The browser's path; skips (fails under CI=true) when it or playwright is missing."""
-    missing = []
-    if not os.access(CHROMIUM, os.X_OK):
-        missing.append(f"Chromium at {CHROMIUM} (apt-get install chromium)")
-    if async_playwright is None:
-        missing.append("the playwright package (pip install playwright, or "
-                       "pip install -e '.[dev]')")
-    if not missing:
-        return CHROMIUM
-    reason = "browser tests need " + " and ".join(missing)
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true and {reason}", pytrace=False)
-    pytest.skip(reason)
+    return find_chromium()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser(chromium: str) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=chromium,
-                                                    args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    async with launched(chromium) as found:
+        yield found
 
 
 @pytest_asyncio.fixture(loop_scope="module", params=[True, False], ids=["js", "nojs"])

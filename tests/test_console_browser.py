@@ -11,10 +11,10 @@ campaign page (docs/screenshots/), so they always show the console as it is.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import email
 import email.policy
-import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,24 +25,15 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from aiosmtpd.controller import Controller
+from browsers import find_chromium, launched
 from support import ADMIN, ADMIN_KEY, APP, environ_for, free_port
 
 from notify.settings import Settings, load_settings
 from notify.web.app import make_app
 
-try:
-    from playwright.async_api import Browser, Page, async_playwright, expect
-except ImportError:  # the fixture `chromium` explains what to install
-    async_playwright = None
+with contextlib.suppress(ImportError):  # find_chromium explains what to install
+    from playwright.async_api import Browser, Page, expect
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run",
-                 # The email previews are sandboxed frames, which this Chromium puts in a
-                 # process of their own; headless input to the page was then now and then
-                 # dropped while they loaded (a click that never submitted). One process.
-                 "--disable-features=IsolateSandboxedIframes"]
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 #: Users who get the notice: verified addresses, not suppressed.
 RECEIVERS = 24
@@ -52,29 +43,16 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    """The browser's path; skips (fails under CI=true) when it or playwright is missing."""
-    missing = []
-    if not os.access(CHROMIUM, os.X_OK):
-        missing.append(f"Chromium at {CHROMIUM} (apt-get install chromium)")
-    if async_playwright is None:
-        missing.append("the playwright package (pip install -e '.[dev]')")
-    if not missing:
-        return CHROMIUM
-    reason = "browser tests need " + " and ".join(missing)
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true and {reason}", pytrace=False)
-    pytest.skip(reason)
+    return find_chromium()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser(chromium: str) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=chromium,
-                                                    args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    # The email previews are sandboxed frames, which this Chromium puts in a process of
+    # their own; headless input to the page was then now and then dropped while they
+    # loaded (a click that never submitted). One process.
+    async with launched(chromium, ["--disable-features=IsolateSandboxedIframes"]) as found:
+        yield found
 
 
 class Sink:

@@ -13,12 +13,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import sinks
 from population import populate
 from support import HASH_KEY, environ_for, in_db
 from test_cli import CLI, clean_env, start, stop, wait_for_line
 
 from notify import campaigns
-from notify.db import apply_migrations, close_db, open_db
 from notify.jobs import EMAIL_BATCH
 from notify.models import Campaign, Delivery
 from notify.settings import load_settings
@@ -33,24 +33,7 @@ def worker(env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
 
 def prepare(url: str, data: Path, users: int) -> tuple[dict[str, str], int]:
     """A migrated database with ``users`` subscribers and a sending newsletter campaign."""
-    env = clean_env(**environ_for(url, data, NOTIFY_WORKER_LEASE_SECONDS="3"))
-    settings = load_settings(environ=env)
-
-    async def go() -> int:
-        ctx = await open_db(url)
-        try:
-            await apply_migrations(ctx)
-            with ctx:
-                await populate(users, HASH_KEY, cycle=("subscribed",))
-                campaign = await campaigns.create(settings, campaigns.Spec(
-                    name="load", kind="newsletter", topic="newsletter",
-                    variables={"subject": "News", "body": "Hello"}), "test")
-                await campaigns.send(settings, campaign.id, "test")
-                return campaign.id
-        finally:
-            await close_db(ctx)
-
-    return env, asyncio.run(go())
+    return sinks.prepare(url, data, users, NOTIFY_WORKER_LEASE_SECONDS="3")
 
 
 def open_count(url: str, campaign_id: int) -> int:
