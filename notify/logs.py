@@ -73,9 +73,6 @@ class _StderrHandler(logging.StreamHandler):
     last-resort handler does), so a caller that swaps stderr, a test runner say, never
     leaves us writing to a closed stream."""
 
-    def __init__(self) -> None:
-        super().__init__()
-
     @property
     def stream(self):  # noqa: ANN201
         return sys.stderr

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from notify import i18n
 from notify.web.endpoints import LIMITER, SETTINGS
 from notify.web.problems import Handler, problem
 from notify.web.ratelimit import (
@@ -59,9 +58,8 @@ def _too_many(request: web.Request, wait: int) -> web.Response:
     if request.path.startswith("/webhooks/"):
         return web.Response(status=429, text="too many requests\n", headers=headers)
     # Imported here: the pages module imports this one's request key.
-    from notify.web.pages import render
+    from notify.web.pages import browser_page
 
-    locale = i18n.choose(None, request.headers.get("Accept-Language"))
-    response = render(request, "too_many.html", locale, status=429)
+    response = browser_page(request, "too_many.html", status=429)
     response.headers.update(headers)
     return response

@@ -38,11 +38,11 @@ API_PREFIXES = ("/v1/", "/webhooks/bounces", "/metrics")
 
 
 class Limiter:
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
-        self.public = _items(settings.public_rate_limit if settings else "")
-        self.bad_token = _items(settings.bad_token_rate_limit if settings else "")
-        self.auth_failure = _items(settings.auth_failure_rate_limit if settings else "")
+        self.public = _items(settings.public_rate_limit)
+        self.bad_token = _items(settings.bad_token_rate_limit)
+        self.auth_failure = _items(settings.auth_failure_rate_limit)
 
     async def hit(self, item: RateLimitItem, *keys: str) -> bool:
         return await self._limiter.hit(item, *keys)
