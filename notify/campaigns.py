@@ -260,15 +260,13 @@ async def send(settings: Settings, campaign_id: int, key_id: str, *,
 
 
 async def _start(settings: Settings, campaign: Campaign, now: datetime) -> None:
-    """Enqueue the campaign's deliveries, in the caller's transaction."""
-    topics = topics_of(settings, campaign)
-    excluded: dict[str, int] = {}
-    for found in await audience.preview(campaign, topics):
-        for reason, count in found.excluded.items():
-            excluded[reason] = excluded.get(reason, 0) + count
-    campaign.enqueued = await audience.enqueue(campaign, topics, now=now,
-                                               retry_hours=settings.retry_hours)
-    campaign.excluded = excluded
+    """Enqueue the campaign's deliveries and mark it sending, in the caller's transaction
+    (on PostgreSQL the inserts commit on their own: see ``audience.enqueue``)."""
+    done = await audience.enqueue(campaign, topics_of(settings, campaign), now=now,
+                                  retry_hours=settings.retry_hours,
+                                  parts=settings.enqueue_parts)
+    campaign.enqueued = done.eligible
+    campaign.excluded = done.excluded
     # Nobody to send to: done at once, rather than "sending" until a sender looks.
     campaign.status = CampaignStatus.SENDING if campaign.enqueued else CampaignStatus.DONE
     campaign.started_at = now

@@ -11,6 +11,7 @@ from __future__ import annotations
 import binascii
 import email.header
 import email.utils
+import functools
 import secrets
 from dataclasses import dataclass, field
 from email.headerregistry import Address
@@ -68,11 +69,16 @@ def _render(name: str, locale: str, context: dict[str, Any]) -> str:
     def t(key: str, **values: object) -> str:
         return i18n.translate(locale, key, **values)
 
-    # A locale may override a whole template (body.de.html); otherwise the shared one
-    # speaks the reader's language through t().
+    return _template(_ENV, name, locale).render(**context, t=t, locale=locale)
+
+
+@functools.lru_cache(maxsize=512)
+def _template(env: jinja2.Environment, name: str, locale: str) -> jinja2.Template:
+    """A locale may override a whole template (body.de.html); otherwise the shared one
+    speaks the reader's language through t(). Remembered: jinja2 caches the templates it
+    found but not the overrides it did not, which cost a stat() per message each."""
     stem, _, suffix = name.rpartition(".")
-    template = _ENV.select_template([f"{stem}.{locale}.{suffix}", name])
-    return template.render(**context, t=t, locale=locale)
+    return env.select_template([f"{stem}.{locale}.{suffix}", name])
 
 
 def render(email: Email, settings: Settings) -> tuple[str, str, str]:

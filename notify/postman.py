@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import jinja2
 from tortoise import connections
-from tortoise.expressions import F
+from tortoise.expressions import F, Q, Subquery
 from tortoise.transactions import in_transaction
 
 from notify import eligibility, i18n, links, mail, store
@@ -486,8 +486,13 @@ async def claim(channel: str, limit: int, lease: timedelta = LEASE) -> list[Deli
     async with in_transaction():
         # FOR UPDATE SKIP LOCKED on PostgreSQL: workers take disjoint rows. SQLite
         # ignores the clause and has one writer anyway.
+        # Only deliveries of sending campaigns (or of none): a campaign's deliveries are
+        # inserted before it is marked sending (see audience.enqueue).
         due = await (
-            Delivery.filter(channel=channel, status=DeliveryStatus.QUEUED,
+            Delivery.filter(Q(campaign_id__isnull=True)
+                            | Q(campaign_id__in=Subquery(Campaign.filter(
+                                status=CampaignStatus.SENDING).values("id"))),
+                            channel=channel, status=DeliveryStatus.QUEUED,
                             next_attempt_at__lte=now)
             .order_by("next_attempt_at", "id").limit(limit)
             .select_for_update(skip_locked=True)

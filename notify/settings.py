@@ -129,6 +129,7 @@ class Settings:
     guard_bounce_rate: float  # percent, hard bounces
     guard_min_sent: int
     worker_lease_seconds: int
+    enqueue_parts: int  # PostgreSQL: statements that enqueue a campaign at once
     sms_transport: str
     twilio_account_sid: str
     twilio_auth_token: str = field(repr=False)
@@ -213,6 +214,7 @@ KEYS: dict[str, Any] = {
     "guard_bounce_rate": 5.0,
     "guard_min_sent": 200,
     "worker_lease_seconds": 300,
+    "enqueue_parts": 2,
     "sms_transport": "log",
     "twilio_account_sid": "",
     "twilio_auth_token": "",
@@ -341,6 +343,7 @@ def _build(raw: dict[str, Any], topics_raw: dict[str, Any]) -> Settings:
     s["guard_min_sent"] = _integer("guard_min_sent", value["guard_min_sent"], 1, 1_000_000)
     s["worker_lease_seconds"] = _integer("worker_lease_seconds", value["worker_lease_seconds"],
                                          2, 3600)
+    s["enqueue_parts"] = _integer("enqueue_parts", value["enqueue_parts"], 1, 64)
     for key in (
         "smtp_host",
         "smtp_username",

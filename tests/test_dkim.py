@@ -21,6 +21,9 @@ from pathlib import Path
 
 import dkim
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from dkim.util import parse_tag_value
@@ -150,6 +153,60 @@ def test_byte_identical_to_dkimpys_own_sign(signer, rsa_key, monkeypatch, crlf):
     assert ours == theirs + message
     # The signature's line ends are the message's: no CR in an LF message.
     assert (b"\r" in ours) is crlf
+
+
+_WSP = st.sampled_from([" ", "  ", "\t", " \t ", ""])
+_WORD = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E,
+                                       exclude_characters=":"), min_size=1, max_size=8)
+_FIELD = st.tuples(
+    st.sampled_from(["From", "from", "To", "Subject", "SUBJECT", "Date", "Reply-To",
+                     "List-Unsubscribe", "List-Unsubscribe-Post", "X-Other", "Received",
+                     "Content-Type", "Message-ID"]),
+    st.lists(st.tuples(_WSP, _WORD), min_size=0, max_size=6),
+    st.lists(st.integers(0, 5), max_size=2),  # where to fold
+    _WSP)
+_BODY_LINE = st.lists(st.one_of(_WSP, _WORD), max_size=8).map("".join)
+
+
+@given(fields=st.lists(_FIELD, min_size=1, max_size=10),
+       body=st.lists(_BODY_LINE, max_size=8), trailing_blank=st.integers(0, 3),
+       crlf=st.booleans())
+@hypothesis_settings(max_examples=300, deadline=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_the_fast_path_writes_what_dkimpy_writes_for_any_message(signer, monkeypatch, fields,
+                                                                 body, trailing_blank, crlf):
+    """``DkimSigner._sign_rsa`` (the campaign's fast path) against the dkimpy path, for
+    headers with odd whitespace, folds, repeats and case, and bodies with trailing
+    whitespace and blank lines, in LF and CRLF messages."""
+    monkeypatch.setattr(time, "time", lambda: NOW)
+    eol = "\r\n" if crlf else "\n"
+    lines = ["From: Ann <ann@example.com>"]
+    for name, words, folds, tail in fields:
+        value = "".join(space + word for space, word in words)
+        for at in folds:
+            value = value[:at] + eol + " " + value[at:] if at < len(value) else value
+        lines.append(f"{name}:{value}{tail}")
+    message = (eol.join(lines) + eol + eol + eol.join(body) + eol * trailing_blank).encode()
+    linesep = eol.encode()
+    fast = signer._sign_rsa(message, linesep)
+    assert fast is not None
+    assert fast == signer._sign_with_dkimpy(message, linesep)
+
+
+def test_the_fast_path_signs_what_build_bytes_writes(signer, records, tmp_path):
+    from notify import mail
+
+    settings = settings_with(tmp_path)
+    message = mail.build_bytes(mail.Email(
+        to="jurgen@example.com", to_name="Jürgen Groß", kind="notification", locale="de",
+        context={"subject": "Grüße", "name": "Jürgen",
+                 "body": "Hallo  Jürgen,\n\nDas war die Woche.  \n"},
+        footer=mail.Footer(preferences_url="https://example.com/p/x"),
+        headers={"List-Unsubscribe": "<https://example.com/u/x>",
+                 "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}), settings)
+    fast = signer._sign_rsa(message, b"\r\n")
+    assert fast is not None and fast == signer.sign(message)
+    assert verify(fast, records)
 
 
 def test_rsa_is_done_by_openssl_and_dkimpy_stays_unpatched(signer, records, monkeypatch):
