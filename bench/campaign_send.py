@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from enqueue import ADMIN, HASH_KEY, admin, load  # noqa: E402 - the bench's shared loader
 
 SECONDS = 3.0
+BODY = "Hello, here is what changed this month. " * 12
 
 
 def free_port() -> int:
@@ -87,6 +88,47 @@ def on_all_cores(target, args: tuple, processes: int) -> float:  # noqa: ANN001
     return total
 
 
+def _own_costs(env: dict[str, str], pem: bytes, body: str, queue: multiprocessing.Queue
+               ) -> None:
+    """A message's own CPU on one core, per step, best of 3 rounds of 400: what the
+    ceiling leaves out (templates and MIME) and what it counts (RSA)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    from notify import mail
+    from notify.dkim import DkimSigner
+    from notify.settings import load_settings
+
+    settings = load_settings(environ=env)
+    signer = DkimSigner("example.com", "s1", pem)
+    key = serialization.load_pem_private_key(pem, password=None)
+    link = "https://notify.example.com/u/k1." + "x" * 120
+    message = mail.Email(
+        to="user12345@example.com", to_name="Ada Lovelace", kind="newsletter", locale="en",
+        context={"subject": "This month", "body": body, "name": "Ada Lovelace"},
+        footer=mail.Footer(preferences_url=link, unsubscribe_url=link, topic_label="News"),
+        headers={"Message-ID": "<x@example.com>", "List-Unsubscribe": f"<{link}>",
+                 "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+                 "List-Id": "Newsletter <newsletter.example.com>"})
+    data = mail.build_bytes(message, settings)
+    steps = {
+        "render (subject, text, HTML)": lambda: mail.render(message, settings),
+        "render + MIME": lambda: mail.build_bytes(message, settings),
+        "DKIM sign (ours)": lambda: signer.sign(data),
+        "RSA-2048 alone": lambda: key.sign(b"x" * 32, padding.PKCS1v15(), hashes.SHA256()),
+    }
+    costs = {}
+    for name, step in steps.items():
+        rounds = []
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(400):
+                step()
+            rounds.append((time.perf_counter() - start) / 400)
+        costs[name] = min(rounds)
+    queue.put(costs)
+
+
 async def open_deliveries(url: str) -> int:
     conn = await asyncpg.connect(url)
     try:
@@ -131,7 +173,7 @@ async def main(users: int, workers: int) -> None:
         created = subprocess.run(
             [sys.executable, "-m", "notify.cli", "campaign", "create", "--name", "bench",
              "--kind", "newsletter", "--topic", "newsletter", "--var", "subject=This month",
-             "--var", "body=" + "Hello, here is what changed this month. " * 12],
+             "--var", "body=" + BODY],
             env=env, check=True, capture_output=True, text=True)
         campaign = created.stdout.split("created campaign ", 1)[1].split()[0]
         sent = subprocess.run([sys.executable, "-m", "notify.cli", "campaign", "send",
@@ -169,6 +211,11 @@ async def main(users: int, workers: int) -> None:
     await conn.close()
     sends = on_all_cores(_smtp_for, (port, sample.read_bytes(), SECONDS), cores)
     ceiling = 1 / (1 / signatures + 1 / sends)
+    queue: multiprocessing.Queue = multiprocessing.Queue()
+    probe = multiprocessing.Process(target=_own_costs, args=(env, pem, BODY, queue))
+    probe.start()
+    costs = queue.get()
+    probe.join()
     sink.terminate()
     await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     print(f"campaign of {queued:,} messages, {workers} worker(s), {cores} cores, "
@@ -178,6 +225,14 @@ async def main(users: int, workers: int) -> None:
           f"{sends:8,.0f}/s, combined {ceiling:8,.0f}/s")
     print(f"  ratio to ceiling:          {rate / ceiling:8.1%}   (target >= 60%, "
           f">= 1,000 messages/s)")
+    print("  a message's own CPU on one core (same run):")
+    for name, cost in costs.items():
+        print(f"    {name:30} {cost * 1000:6.3f} ms")
+    # What the ceiling leaves out but every message needs: its templates and MIME.
+    extra = costs["render + MIME"]
+    with_content = 1 / (1 / ceiling + extra / cores)
+    print(f"  ceiling with each message's render + MIME added ({extra * 1000:.2f} ms on one "
+          f"of {cores} cores): {with_content:8,.0f}/s; ratio {rate / with_content:6.1%}")
 
 
 if __name__ == "__main__":
