@@ -28,6 +28,7 @@ from pathlib import Path
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _common import cpu_times, machine_busy, postgres_pids  # noqa: E402
 from enqueue import ADMIN, HASH_KEY, admin, load  # noqa: E402 - the bench's shared loader
 
 SECONDS = 3.0
@@ -188,6 +189,9 @@ async def main(users: int, workers: int) -> None:
             assert proc.stdout is not None
             proc.stdout.readline()  # "notify worker running"
         start = time.perf_counter()
+        workers_pids = [p.pid for p in procs]
+        cpu_start = (cpu_times(workers_pids), cpu_times(postgres_pids()),
+                     cpu_times([sink.pid]), machine_busy())
         if os.environ.get("BENCH_PROFILE"):
             subprocess.Popen(["py-spy", "record", "-o", os.environ["BENCH_PROFILE"], "-d", "12",
                               "-f", "raw", "-p", str(procs[0].pid)],
@@ -195,6 +199,8 @@ async def main(users: int, workers: int) -> None:
         while await open_deliveries(url):
             await asyncio.sleep(0.2)
         elapsed = time.perf_counter() - start
+        cpu_end = (cpu_times(workers_pids), cpu_times(postgres_pids()),
+                   cpu_times([sink.pid]), machine_busy())
     finally:
         for proc in procs:
             proc.terminate()
@@ -225,6 +231,12 @@ async def main(users: int, workers: int) -> None:
           f"{sends:8,.0f}/s, combined {ceiling:8,.0f}/s")
     print(f"  ratio to ceiling:          {rate / ceiling:8.1%}   (target >= 60%, "
           f">= 1,000 messages/s)")
+    used = [(end - begin) / queued * 1000 for begin, end in zip(cpu_start, cpu_end,
+                                                                 strict=True)]
+    print(f"  CPU per message during the send: workers {used[0]:.3f} ms, PostgreSQL "
+          f"{used[1]:.3f} ms, smtp-sink {used[2]:.3f} ms; whole machine {used[3]:.3f} ms "
+          f"(so {cores} cores allow {cores / used[3] * 1000:,.0f}/s at this cost; the "
+          f"rest is other work on the machine: {used[3] - sum(used[:3]):.3f} ms)")
     print("  a message's own CPU on one core (same run):")
     for name, cost in costs.items():
         print(f"    {name:30} {cost * 1000:6.3f} ms")

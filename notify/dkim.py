@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import dkim
+import dkim.canonicalization as _canonical
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
@@ -89,7 +90,32 @@ _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _LINE_END = re.compile(rb"\r?\n")
 _FIELD_NAME = re.compile(rb"([\x21-\x7e]+?):")
 _SIGNATURE_NAME = b"DKIM-Signature"
-_Relaxed = dkim.canonicalization.Relaxed
+# Relaxed canonicalisation (RFC 6376 §3.4.2, §3.4.4) with what dkimpy's Relaxed does, but
+# by bytes.replace instead of re.sub: on a 5 KB body the three patterns cost ~0.15 ms,
+# mostly replacing each of its spaces by a space. Runs of whitespace become one space (a
+# tab a space, then doubled spaces halved until none are left), then the space before a
+# line end goes: the same as stripping trailing runs first and compressing after.
+
+
+def _compress(value: bytes) -> bytes:
+    if b"\t" in value:
+        value = value.replace(b"\t", b" ")
+    while b"  " in value:
+        value = value.replace(b"  ", b" ")
+    return value
+
+
+def _relaxed_body(body: bytes) -> bytes:
+    """dkimpy's ``Relaxed.canonicalize_body`` of a CRLF body."""
+    canonical = _compress(body).replace(b" \r\n", b"\r\n")
+    return _canonical.correct_empty_body(_canonical.strip_trailing_lines(canonical))
+
+
+def _relaxed_headers(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """dkimpy's ``Relaxed.canonicalize_headers``."""
+    return [(name.lower().rstrip(),
+             _compress(value.replace(b"\r\n", b"").replace(b"\n", b"")).strip() + b"\r\n")
+            for name, value in fields]
 
 
 # --- The seam: dkimpy with OpenSSL's RSA ---------------------------------------------------
@@ -256,9 +282,10 @@ class DkimSigner:
         message, more than OpenSSL's RSA, and was a fifth of a campaign worker's CPU
         (bench/campaign_send.py): it splits the whole message into lines to find the
         header, canonicalises every header field (signed or not) with module-level
-        ``re`` calls, and builds a DKIM object per message. Here the header alone is split,
-        only the signed fields are canonicalised, and the rest is dkimpy's own code: its
-        ``Relaxed`` canonicalisation, ``select_headers``, ``fold`` and b= tag pattern.
+        ``re`` calls that replace every single space of the body by a space, and builds a
+        DKIM object per message. Here the header alone is split, only the signed fields
+        are canonicalised, by ``bytes.replace``, and the rest is dkimpy's own code:
+        ``select_headers``, ``fold``, the b= tag pattern.
         """
         end = _HEADER_END.search(message)
         if end is None or end.start() == 0:
@@ -275,9 +302,10 @@ class DkimSigner:
                 return None  # "From " lines, stray text: dkimpy's rules and errors
         if not any(name.lower() == b"from" for name, _ in fields):
             raise dkim.ParameterError("the message has no From header to sign")
-        body = _LINE_END.sub(b"\r\n", message[end.end():])
-        body_hash = base64.b64encode(hashlib.sha256(
-            _Relaxed.canonicalize_body(body)).digest())
+        body = message[end.end():]
+        if body.count(b"\n") != body.count(b"\r\n"):
+            body = _LINE_END.sub(b"\r\n", body)
+        body_hash = base64.b64encode(hashlib.sha256(_relaxed_body(body)).digest())
         tags = [(b"v", b"1"), (b"a", b"rsa-sha256"), (b"c", b"relaxed/relaxed"),
                 (b"d", self._domain), (b"i", b"@" + self._domain), (b"q", b"dns/txt"),
                 (b"s", self._selector), (b"t", str(int(time.time())).encode("ascii")),
@@ -285,13 +313,17 @@ class DkimSigner:
                 (b"b", b"0" * 60)]
         unsigned = dkim.fold(b"; ".join(b"=".join(tag) for tag in tags),
                              namelen=len(_SIGNATURE_NAME), linesep=b"\r\n")
-        unsigned = dkim.RE_BTAG.sub(b"\\1", unsigned)
+        # dkimpy empties b= with its tag pattern; the placeholder is the last tag, and
+        # unless a fold split it, emptying it is cutting it off.
+        head, tag, placeholder = unsigned.rpartition(b"b=")
+        unsigned = (head + tag if placeholder == b"0" * 60
+                    else dkim.RE_BTAG.sub(b"\\1", unsigned))
         digest = hashlib.sha256()
         chosen = dkim.select_headers(fields, SIGNED_HEADERS)
-        for name, value in _Relaxed.canonicalize_headers(chosen):
+        for name, value in _relaxed_headers(chosen):
             digest.update(name + b":" + value)
-        [(name, value)] = _Relaxed.canonicalize_headers(
-            [(_SIGNATURE_NAME, dkim.RE_BTAG.sub(b"\\1", b" " + unsigned))])
+        [(name, value)] = _relaxed_headers(
+            [(_SIGNATURE_NAME, b" " + unsigned)])
         digest.update(name + b":" + value.rstrip())
         signature = self._rsa.sign(digest.digest(), padding.PKCS1v15(),
                                    utils.Prehashed(hashes.SHA256()))
