@@ -190,8 +190,8 @@ async def main(users: int, workers: int) -> None:
             proc.stdout.readline()  # "notify worker running"
         start = time.perf_counter()
         workers_pids = [p.pid for p in procs]
-        cpu_start = (cpu_times(workers_pids), cpu_times(postgres_pids()),
-                     cpu_times([sink.pid]), machine_busy())
+        pg_start = {pid: cpu_times([pid]) for pid in postgres_pids()}
+        cpu_start = (cpu_times(workers_pids), 0.0, cpu_times([sink.pid]), machine_busy())
         if os.environ.get("BENCH_PROFILE"):
             subprocess.Popen(["py-spy", "record", "-o", os.environ["BENCH_PROFILE"], "-d", "12",
                               "-f", "raw", "-p", str(procs[0].pid)],
@@ -199,8 +199,10 @@ async def main(users: int, workers: int) -> None:
         while await open_deliveries(url):
             await asyncio.sleep(0.2)
         elapsed = time.perf_counter() - start
-        cpu_end = (cpu_times(workers_pids), cpu_times(postgres_pids()),
-                   cpu_times([sink.pid]), machine_busy())
+        # PostgreSQL's backends come and go: each one's CPU since the start, or since it
+        # began (a backend that ended meanwhile is not counted).
+        pg = sum(cpu_times([pid]) - pg_start.get(pid, 0.0) for pid in postgres_pids())
+        cpu_end = (cpu_times(workers_pids), pg, cpu_times([sink.pid]), machine_busy())
     finally:
         for proc in procs:
             proc.terminate()
