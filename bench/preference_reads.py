@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -21,6 +23,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 
 TARGET_RATE, TARGET_P99 = 3000, 20
+TOPICS = ("newsletter", "email_notifications", "sms_notifications")
+
+
+def check_body(port: int, path: str) -> None:
+    """One read before the load: every topic of the population's user, subscribed. A read
+    that answered 200 with the wrong consents would otherwise count as a success."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                     headers={"Authorization": f"Bearer {c.APP_KEY}"})
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        consents = json.loads(resp.read())["consents"]
+    states = {item["topic"]: item["state"] for item in consents}
+    if states != dict.fromkeys(TOPICS, "subscribed"):
+        raise RuntimeError(f"{path} answered {states}, not every topic subscribed")
 
 
 async def one_backend(kind: str, args: argparse.Namespace) -> tuple[c.LoadResult, c.LoadResult]:
@@ -32,14 +47,13 @@ async def one_backend(kind: str, args: argparse.Namespace) -> tuple[c.LoadResult
     started = time.perf_counter()
     servers = None
     try:
-        population = await c.prepare(db, args.users,
-                                      topics=("newsletter", "email_notifications",
-                                              "sms_notifications"))
+        population = await c.prepare(db, args.users, topics=TOPICS)
         print(f"[{kind}] {args.users} users written in {time.perf_counter() - started:.1f}s",
               flush=True)
         paths = [f"/v1/users/{e}/consents" for e in population.external_ids]
         servers = c.start_servers(args.procs, env, work)
         ports = servers.ports
+        check_body(ports[0], paths[0])
         loop = asyncio.get_running_loop()
         auth = {"Authorization": f"Bearer {c.APP_KEY}"}
 

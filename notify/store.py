@@ -4,6 +4,7 @@ event are written in one transaction, so the state always equals the ledger's la
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
@@ -407,8 +408,6 @@ def _consent_time(value: datetime | str) -> datetime:
     ``str(datetime)`` form, which ``fromisoformat`` reads far faster than tortoise's
     parser; anything it cannot read goes to tortoise's."""
     if isinstance(value, str):
-        try:
+        with contextlib.suppress(ValueError):
             value = datetime.fromisoformat(value)
-        except ValueError:
-            pass
     return _UPDATED_AT.to_python_value(value)
