@@ -1,7 +1,9 @@
 """Preference reads under load (issue #7, target 4): ``GET /v1/users/{id}/consents`` with an
 app bearer key, cycling through many users, from wrk on loopback against N ``notify serve``
 processes. Beside it, the same wrk settings against ``GET /healthz`` of the same processes:
-the aiohttp + loopback ceiling of this machine in this run.
+the aiohttp + loopback ceiling of this machine in this run. The web processes' CPU time per
+request, for both, is printed too: it moves less than req/s when other jobs share the
+machine. One read is checked before the load (every topic subscribed).
 
 Run from the repository root: ``python bench/preference_reads.py`` (about 70 s; PostgreSQL
 and SQLite). Options: ``--backends postgres,sqlite --procs 2 --connections 16 --seconds 10
@@ -12,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -21,6 +25,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 
 TARGET_RATE, TARGET_P99 = 3000, 20
+TOPICS = ("newsletter", "email_notifications", "sms_notifications")
+
+
+def check_body(port: int, path: str) -> None:
+    """One read before the load: every topic of the population's user, subscribed. A read
+    that answered 200 with the wrong consents would otherwise count as a success."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                     headers={"Authorization": f"Bearer {c.APP_KEY}"})
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        consents = json.loads(resp.read())["consents"]
+    states = {item["topic"]: item["state"] for item in consents}
+    if states != dict.fromkeys(TOPICS, "subscribed"):
+        raise RuntimeError(f"{path} answered {states}, not every topic subscribed")
 
 
 async def one_backend(kind: str, args: argparse.Namespace) -> tuple[c.LoadResult, c.LoadResult]:
@@ -32,14 +49,13 @@ async def one_backend(kind: str, args: argparse.Namespace) -> tuple[c.LoadResult
     started = time.perf_counter()
     servers = None
     try:
-        population = await c.prepare(db, args.users,
-                                      topics=("newsletter", "email_notifications",
-                                              "sms_notifications"))
+        population = await c.prepare(db, args.users, topics=TOPICS)
         print(f"[{kind}] {args.users} users written in {time.perf_counter() - started:.1f}s",
               flush=True)
         paths = [f"/v1/users/{e}/consents" for e in population.external_ids]
         servers = c.start_servers(args.procs, env, work)
         ports = servers.ports
+        check_body(ports[0], paths[0])
         loop = asyncio.get_running_loop()
         auth = {"Authorization": f"Bearer {c.APP_KEY}"}
 
@@ -47,13 +63,17 @@ async def one_backend(kind: str, args: argparse.Namespace) -> tuple[c.LoadResult
             return c.run_wrk(label, ports, c.split(items, len(ports)), headers=auth,
                              seconds=seconds, connections=args.connections, work=work)
 
+        used = c.cpu_times(servers.pids())
         ceiling = await loop.run_in_executor(None, lambda: wrk("healthz", ["/healthz"],
                                                                args.seconds))
+        ceiling_us = (c.cpu_times(servers.pids()) - used) / max(1, ceiling.requests) * 1e6
         await loop.run_in_executor(None, lambda: wrk("warm", paths, 2))
         spy = c.start_profile(servers.pids()[0], args.seconds - 1, f"preference_reads-{kind}")
         watch = c.CpuWatch(servers.pids())
+        used = c.cpu_times(servers.pids())
         result = await loop.run_in_executor(None, lambda: wrk(
             f"GET consents, {kind}, {args.procs} proc", paths, args.seconds))
+        read_us = (c.cpu_times(servers.pids()) - used) / max(1, result.requests) * 1e6
         cpu = watch.report(args.procs)
         if spy:
             spy.wait()
@@ -64,6 +84,10 @@ async def one_backend(kind: str, args: argparse.Namespace) -> tuple[c.LoadResult
         c.cleanup(work)
     print(f"[{kind}] {result.requests} reads, {result.non2xx} not 2xx, "
           f"{result.socket_errors + result.timeouts} socket errors/timeouts; {cpu}",
+          flush=True)
+    # CPU time per request moves less than req/s when other jobs share the machine.
+    print(f"[{kind}] web process CPU per request: read {read_us:.0f} µs, GET /healthz "
+          f"{ceiling_us:.0f} µs (the read's own share: {read_us - ceiling_us:.0f} µs)",
           flush=True)
     return result, ceiling
 
