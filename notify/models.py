@@ -275,8 +275,10 @@ class Delivery(Model):
 
     class Meta:
         table = "deliveries"
-        # A campaign's rows are found through the unique index's first column.
-        indexes = (("status", "next_attempt_at"), ("user_id", "id"))
+        # A campaign's rows are found through the unique index's first column. The claim
+        # index ends in id: claims take due rows in (next_attempt_at, id) order, and a
+        # campaign's rows share one next_attempt_at (migration 0005 says why).
+        indexes = (("status", "next_attempt_at", "id"), ("user_id", "id"))
         # NULLs are distinct in both databases: deliveries outside a campaign are not bound.
         unique_together = (("campaign", "user", "channel"),)
 
