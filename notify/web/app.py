@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -9,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 from tortoise.context import set_global_context
 
+from notify import withdrawals
 from notify.channels.factory import email_channel, signer
 from notify.channels.sms import sms_channel
 from notify.console import CSP as CONSOLE_CSP
@@ -22,11 +24,13 @@ from notify.sms.courier import SmsCourier
 from notify.web import in_flight
 from notify.web.abuse import abuse_limits
 from notify.web.endpoints import DB, LIMITER, POSTMAN, SETTINGS, openapi
+from notify.web.pages import WITHDRAWALS
 from notify.web.pages_routes import PAGES
 from notify.web.problems import Handler, problem_middleware
 from notify.web.ratelimit import Limiter
 from notify.web.routes import ENDPOINTS
 from notify.web.twilio_hooks import ROUTES as TWILIO_ROUTES
+from notify.withdrawals import Withdrawals
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,7 @@ def make_app(
     in_flight.cut_off_at_shutdown(app, settings.shutdown_timeout)
     app[LIMITER] = Limiter(settings)
     app.cleanup_ctx.append(_database(settings, migrate=migrate))
+    app.cleanup_ctx.append(_withdrawals)
     app.cleanup_ctx.append(_postman)
     app.cleanup_ctx.append(_courier)
     if start_sender:
@@ -84,6 +89,16 @@ def _database(settings: Settings, *, migrate: bool) -> Callable[[web.Application
             await close_db(ctx)
 
     return database
+
+
+async def _withdrawals(app: web.Application) -> AsyncIterator[None]:
+    # After the database (torn down before it): the drainer of one-click withdrawals.
+    app[WITHDRAWALS] = batcher = Withdrawals(app[DB].db(), app[SETTINGS].policy_version)
+    task = asyncio.create_task(batcher.run(), name="one-click withdrawals")
+    try:
+        yield
+    finally:
+        await withdrawals.stop(task, batcher)
 
 
 SENDER = web.AppKey("sender", Sender)
