@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 #: Most requests written in one transaction, and most that wait at a time.
 BATCH = 200
+#: Batches written at once per process, each on its own pooled connection. One would
+#: leave the process idle during each batch's round trips and its COMMIT's WAL flush
+#: (on a busy machine, 20 ms and more): requests arriving meanwhile wait for the next.
+DRAINERS = 4
 
 Pair = tuple[int, str]  # (user id, topic)
 
@@ -54,13 +58,31 @@ class _Waiting:
 
 
 class Withdrawals:
-    """The process's one-click withdrawals: ``withdraw`` from a request, ``run`` as a task."""
+    """The process's one-click withdrawals: ``withdraw`` from a request; ``start`` and
+    ``stop`` with the app."""
 
     def __init__(self, db: Any, default_policy: str) -> None:
         self._db = db  # a tortoise client: its transactions and raw statements
         self._default_policy = default_policy
         self._queue: asyncio.Queue[_Waiting] = asyncio.Queue(maxsize=BATCH)
         self._postgres = db.capabilities.dialect == "postgres"
+        self._drainers: list[asyncio.Task] = []
+
+    def start(self, drainers: int = DRAINERS) -> None:
+        # SQLite has one connection and one writer: a second drainer would only queue.
+        count = drainers if self._postgres else 1
+        self._drainers = [asyncio.create_task(self.run(), name=f"one-click withdrawals {n}")
+                          for n in range(count)]
+
+    async def stop(self) -> None:
+        """Stop the drainers (a batch in flight is rolled back and its waiters cancelled);
+        whatever still waits gets an error instead of waiting forever."""
+        for task in self._drainers:
+            task.cancel()
+        for task in self._drainers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.fail_waiting()
 
     async def withdraw(self, handle: str, topics: Sequence[Topic],
                        evidence: Evidence) -> str | None:
@@ -102,10 +124,18 @@ class Withdrawals:
                 waiting.answer.set_exception(ConnectionError("notify is shutting down"))
 
     async def _write(self, batch: list[_Waiting]) -> list[str | None]:
-        sql = _Postgres if self._postgres else _Sqlite
         when = now()
+        if self._postgres:
+            # Usually every pair has its row (the user was sent mail about the topic):
+            # then the batch is BEGIN, one locking SELECT, one write, COMMIT.
+            async with self._db._in_transaction() as conn:
+                found = await _Postgres.lock_known(conn, batch, when)
+                if found is not None:
+                    users, policy, rows = found
+                    return await self._apply(conn, batch, users, policy, rows, set(), when)
+        sql = _Postgres if self._postgres else _Sqlite
         async with self._db._in_transaction() as conn:
-            users = await sql.users(conn, sorted({w.handle for w in batch}))
+            users, policy = await sql.users(conn, sorted({w.handle for w in batch}), when)
             # The state a never-asked pair gets from its first request in the batch.
             first: dict[Pair, ConsentState | None] = {}
             for waiting in batch:
@@ -115,37 +145,43 @@ class Withdrawals:
                         first.setdefault((user_id, topic.name), decide(
                             topic, None, False, waiting.evidence.source).to_state)
             if not first:
-                return [None] * len(batch)
-            policy = await sql.policy(conn, when) or self._default_policy
+                return [None] * len(batch)  # no user: nothing to write
             rows, inserted = await sql.lock_or_create(
                 conn, sorted(first), {p: s for p, s in first.items() if s is not None}, when)
-            state = {pair: None if pair in inserted else ConsentState(rows[pair][1])
-                     for pair in rows}
-            events = []
-            for waiting in batch:
-                if waiting.handle not in users:
+            return await self._apply(conn, batch, users, policy, rows, inserted, when)
+
+    async def _apply(self, conn: Any, batch: list[_Waiting], users: dict[str, tuple[int, str]],
+                     policy: str | None, rows: dict[Pair, tuple[int, str]], inserted: set[Pair],
+                     when: datetime) -> list[str | None]:
+        """Decide each request in order with the rows locked, then write the changed rows
+        and the ledger's events in one statement."""
+        policy = policy or self._default_policy
+        state = {pair: None if pair in inserted else ConsentState(rows[pair][1])
+                 for pair in rows}
+        events = []
+        for waiting in batch:
+            if waiting.handle not in users:
+                continue
+            user_id = users[waiting.handle][0]
+            evidence = waiting.evidence
+            for topic in waiting.topics:
+                pair = (user_id, topic.name)
+                change = decide(topic, state.get(pair), False, evidence.source)
+                if change.to_state is None:
                     continue
-                user_id = users[waiting.handle][0]
-                evidence = waiting.evidence
-                for topic in waiting.topics:
-                    pair = (user_id, topic.name)
-                    change = decide(topic, state.get(pair), False, evidence.source)
-                    if change.to_state is None:
-                        continue
-                    state[pair] = change.to_state
-                    events.append((user_id, topic.name, _value(change.from_state),
-                                   change.to_state.value, evidence.source.value,
-                                   evidence.actor, evidence.ip, evidence.user_agent,
-                                   evidence.delivery_id, evidence.policy_version or policy,
-                                   evidence.note, evidence.occurred_at or when))
-            # Rows whose state ends the batch other than it began (for a pair inserted
-            # here: other than the state it was inserted with).
-            changed = [(rows[pair][0], to.value) for pair, to in state.items()
-                       if to is not None and to.value != rows[pair][1]]
-            if changed:
-                await sql.update(conn, changed, when)
-            if events:
-                await sql.record(conn, events, now())
+                state[pair] = change.to_state
+                events.append((user_id, topic.name, _value(change.from_state),
+                               change.to_state.value, evidence.source.value,
+                               evidence.actor, evidence.ip, evidence.user_agent,
+                               evidence.delivery_id, evidence.policy_version or policy,
+                               evidence.note, evidence.occurred_at or when))
+        # Rows whose state ends the batch other than it began (for a pair inserted here:
+        # other than the state it was inserted with).
+        changed = [(rows[pair][0], to.value) for pair, to in state.items()
+                   if to is not None and to.value != rows[pair][1]]
+        if events:
+            sql = _Postgres if self._postgres else _Sqlite
+            await sql.write(conn, changed, events, when, now())
         return [users[w.handle][1] if w.handle in users else None for w in batch]
 
 
@@ -159,22 +195,26 @@ def _value(state: ConsentState | None) -> str | None:
 
 _EVENT_COLUMNS = ("user_id, topic, from_state, to_state, source, actor, ip, user_agent, "
                   "delivery_id, policy_version, note, occurred_at, recorded_at")
-_POLICY = ("SELECT version FROM policy_versions WHERE effective_at <= {p} "
+#: The users a batch names (erased ones excluded: their links no longer act) and the
+#: policy version in force (``store.policy_version_in_force``), in one round trip.
+_POLICY = ("SELECT version FROM policy_versions WHERE effective_at <= {when} "
            "ORDER BY effective_at DESC, id DESC LIMIT 1")
+_USERS = (f"SELECT ({_POLICY}) AS version, u.id, u.handle, u.locale "
+          "FROM (SELECT 1 AS one) AS x LEFT JOIN users u ON u.erased_at IS NULL "
+          "AND u.handle {handles}")
+
+
+def _users(found: list[dict]) -> tuple[dict[str, tuple[int, str]], str | None]:
+    return ({r["handle"]: (r["id"], r["locale"]) for r in found if r["id"] is not None},
+            found[0]["version"])
 
 
 class _Postgres:
     @staticmethod
-    async def users(conn: Any, handles: list[str]) -> dict[str, tuple[int, str]]:
-        found = await conn.execute_query_dict(
-            "SELECT id, handle, locale FROM users WHERE handle = ANY($1::text[]) "
-            "AND erased_at IS NULL", [handles])
-        return {r["handle"]: (r["id"], r["locale"]) for r in found}
-
-    @staticmethod
-    async def policy(conn: Any, when: datetime) -> str | None:
-        found = await conn.execute_query_dict(_POLICY.format(p="$1"), [when])
-        return found[0]["version"] if found else None
+    async def users(conn: Any, handles: list[str], when: datetime
+                    ) -> tuple[dict[str, tuple[int, str]], str | None]:
+        return _users(await conn.execute_query_dict(
+            _USERS.format(when="$1", handles="= ANY($2::text[])"), [when, handles]))
 
     @staticmethod
     async def lock_or_create(conn: Any, pairs: list[Pair], new: dict[Pair, ConsentState],
@@ -198,34 +238,47 @@ class _Postgres:
         return {(r["user_id"], r["topic"]): (r["id"], r["state"]) for r in locked}, inserted
 
     @staticmethod
-    async def update(conn: Any, changed: list[tuple[int, str]], when: datetime) -> None:
-        await conn.execute_query_dict(
-            "UPDATE consents SET state = p.s, updated_at = $3 "
-            "FROM unnest($1::bigint[], $2::text[]) AS p(id, s) WHERE consents.id = p.id",
-            [[i for i, _ in changed], [s for _, s in changed], when])
+    async def lock_known(conn: Any, batch: list[_Waiting], when: datetime
+                         ) -> tuple[dict[str, tuple[int, str]], str | None,
+                                    dict[Pair, tuple[int, str]]] | None:
+        """Lock the rows of the batch's pairs, with their users and the policy version;
+        None when some pair has no row (or its user none): then the general way."""
+        wanted = {(w.handle, t.name) for w in batch for t in w.topics}
+        locked = await conn.execute_query_dict(
+            "SELECT c.id, c.user_id, c.topic, c.state, u.handle, u.locale, "
+            f"({_POLICY.format(when='$3')}) AS version "
+            "FROM unnest($1::text[], $2::text[]) AS p(h, t) "
+            "JOIN users u ON u.handle = p.h AND u.erased_at IS NULL "
+            "JOIN consents c ON c.user_id = u.id AND c.topic = p.t "
+            "ORDER BY c.user_id, c.topic FOR UPDATE OF c",
+            [[h for h, _ in wanted], [t for _, t in wanted], when])
+        if len(locked) != len(wanted):
+            return None
+        users = {r["handle"]: (r["user_id"], r["locale"]) for r in locked}
+        rows = {(r["user_id"], r["topic"]): (r["id"], r["state"]) for r in locked}
+        return users, locked[0]["version"], rows
 
     @staticmethod
-    async def record(conn: Any, events: list[tuple], recorded_at: datetime) -> None:
+    async def write(conn: Any, changed: list[tuple[int, str]], events: list[tuple],
+                    when: datetime, recorded_at: datetime) -> None:
         columns = list(zip(*events, strict=True))
         await conn.execute_query_dict(
-            f"INSERT INTO consent_events ({_EVENT_COLUMNS}) SELECT *, $13 FROM unnest("
-            "$1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
-            "$7::text[], $8::text[], $9::bigint[], $10::text[], $11::text[], "
-            "$12::timestamptz[])", [*map(list, columns), recorded_at])
+            "WITH changed AS (UPDATE consents SET state = p.s, updated_at = $3 "
+            "FROM unnest($1::bigint[], $2::text[]) AS p(id, s) WHERE consents.id = p.id) "
+            f"INSERT INTO consent_events ({_EVENT_COLUMNS}) SELECT *, $16 FROM unnest("
+            "$4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], "
+            "$10::text[], $11::text[], $12::bigint[], $13::text[], $14::text[], "
+            "$15::timestamptz[])",
+            [[i for i, _ in changed], [s for _, s in changed], when, *map(list, columns),
+             recorded_at])
 
 
 class _Sqlite:
     @staticmethod
-    async def users(conn: Any, handles: list[str]) -> dict[str, tuple[int, str]]:
-        found = await conn.execute_query_dict(
-            "SELECT id, handle, locale FROM users WHERE erased_at IS NULL AND handle IN "
-            f"({', '.join('?' * len(handles))})", handles)
-        return {r["handle"]: (r["id"], r["locale"]) for r in found}
-
-    @staticmethod
-    async def policy(conn: Any, when: datetime) -> str | None:
-        found = await conn.execute_query_dict(_POLICY.format(p="?"), [when])
-        return found[0]["version"] if found else None
+    async def users(conn: Any, handles: list[str], when: datetime
+                    ) -> tuple[dict[str, tuple[int, str]], str | None]:
+        return _users(await conn.execute_query_dict(_USERS.format(
+            when="?", handles=f"IN ({', '.join('?' * len(handles))})"), [when, *handles]))
 
     @staticmethod
     async def lock_or_create(conn: Any, pairs: list[Pair], new: dict[Pair, ConsentState],
@@ -250,19 +303,11 @@ class _Sqlite:
         return rows, inserted
 
     @staticmethod
-    async def update(conn: Any, changed: list[tuple[int, str]], when: datetime) -> None:
-        await conn.execute_many("UPDATE consents SET state = ?, updated_at = ? WHERE id = ?",
-                                [(s, when, i) for i, s in changed])
-
-    @staticmethod
-    async def record(conn: Any, events: list[tuple], recorded_at: datetime) -> None:
+    async def write(conn: Any, changed: list[tuple[int, str]], events: list[tuple],
+                    when: datetime, recorded_at: datetime) -> None:
+        if changed:
+            await conn.execute_many("UPDATE consents SET state = ?, updated_at = ? "
+                                    "WHERE id = ?", [(s, when, i) for i, s in changed])
         await conn.execute_many(
             f"INSERT INTO consent_events ({_EVENT_COLUMNS}) VALUES "
             f"({', '.join('?' * 13)})", [(*e, recorded_at) for e in events])
-
-
-async def stop(task: asyncio.Task, withdrawals: Withdrawals) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    withdrawals.fail_waiting()

@@ -234,13 +234,13 @@ async def test_two_processes_withdrawing_the_same_users_neither_deadlock_nor_dou
 
 async def test_pending_withdrawals_fail_at_shutdown_instead_of_hanging(settings):
     from notify.db import close_db, open_db
-    from notify.withdrawals import Withdrawals, stop
+    from notify.withdrawals import Withdrawals
 
     ctx = await open_db(settings.database_url)
     try:
         batcher = Withdrawals(ctx.db(), "1.0")
-        task = asyncio.create_task(batcher.run())
-        await stop(task, batcher)
+        batcher.start()
+        await batcher.stop()
         evidence = store.Evidence(source=ConsentSource.ONE_CLICK)
         waiting = asyncio.create_task(batcher.withdraw("h", [settings.topics["newsletter"]],
                                                        evidence))

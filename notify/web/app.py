@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -10,7 +9,6 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 from tortoise.context import set_global_context
 
-from notify import withdrawals
 from notify.channels.factory import email_channel, signer
 from notify.channels.sms import sms_channel
 from notify.console import CSP as CONSOLE_CSP
@@ -93,12 +91,12 @@ def _database(settings: Settings, *, migrate: bool) -> Callable[[web.Application
 
 async def _withdrawals(app: web.Application) -> AsyncIterator[None]:
     # After the database (torn down before it): the drainer of one-click withdrawals.
-    app[WITHDRAWALS] = batcher = Withdrawals(app[DB].db(), app[SETTINGS].policy_version)
-    task = asyncio.create_task(batcher.run(), name="one-click withdrawals")
+    app[WITHDRAWALS] = withdrawals = Withdrawals(app[DB].db(), app[SETTINGS].policy_version)
+    withdrawals.start()
     try:
         yield
     finally:
-        await withdrawals.stop(task, batcher)
+        await withdrawals.stop()
 
 
 SENDER = web.AppKey("sender", Sender)
