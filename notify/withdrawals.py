@@ -2,25 +2,27 @@
 
 Why a batcher of our own: through ``store.change_consent`` a withdrawal costs one
 transaction and about seven round trips (the user, the policy version, BEGIN, SELECT …
-FOR UPDATE, UPDATE, INSERT, COMMIT), and a mail provider sends one-click POSTs by the
-thousand (issue #7: 2,000 a second). Here each request hands its withdrawal to one drainer
-task per process and waits; the drainer writes everything that waits in ONE transaction
-with a constant number of statements per batch, whatever its size, and answers the
-waiters only after the COMMIT. The rule stays ``notify.consent.decide``, applied in
-request order, so a repeated request sees the earlier one's result and records nothing.
+FOR UPDATE, UPDATE, INSERT, COMMIT), and mail providers send one-click POSTs by the
+thousand (issue #7: 2,000 a second). Here a request hands its withdrawal over and waits;
+a drainer task takes everything waiting and writes it in ONE transaction with a constant
+number of statements, whatever the batch's size (usually four round trips: BEGIN, one
+SELECT … FOR UPDATE, one write, COMMIT), and answers the waiters only after the COMMIT.
+The rule stays ``notify.consent.decide``, applied in request order, so a repeated request
+sees the earlier one's result and records nothing. The ledger rows are those
+``change_consent`` writes.
 
-Bounded: at most ``BATCH`` requests wait (more wait in ``withdraw`` for room), and every
-waiting request fits in the next batch. A failed batch hands its error to every waiter,
-so a database outage answers 503 as elsewhere (``notify.db.is_unavailable``) and nothing
+Bounded: at most ``BATCH`` requests wait (more wait in ``withdraw`` for room), so each
+waiting request fits in the next batch. A failed batch hands its error to every waiter:
+a database outage answers 503 as elsewhere (``notify.db.is_unavailable``), and nothing
 of the batch is kept.
 
-Lock order on PostgreSQL, so that two processes' batches cannot deadlock: first the
-never-asked pairs are inserted (``ON CONFLICT DO NOTHING``, sorted by user and topic:
-waits only on other transactions' uncommitted inserts, in key order), then every pair's
-row is locked (``ORDER BY user_id, topic FOR UPDATE``). A pair whose insert lost a race is
-an existing row by then, locked and decided like the others, never recorded twice.
-SQLite needs none of this: the transaction begins IMMEDIATE (``notify.sqlite_backend``)
-and holds the database's one write lock.
+Lock order on PostgreSQL, so that batches (of this process's drainers, of other
+processes) cannot deadlock: never-asked pairs are inserted first (``ON CONFLICT DO
+NOTHING``, sorted by user and topic: such an insert waits only for another transaction's
+uncommitted insert, in key order), then every pair's row is locked (``ORDER BY user_id,
+topic FOR UPDATE``). A pair whose insert lost a race is an existing row by then, locked
+and decided like the others, never recorded twice. SQLite needs none of this: its
+transaction begins IMMEDIATE (``notify.sqlite_backend``), holding the one write lock.
 """
 
 from __future__ import annotations
