@@ -90,7 +90,7 @@ def _database(settings: Settings, *, migrate: bool) -> Callable[[web.Application
 
 
 async def _withdrawals(app: web.Application) -> AsyncIterator[None]:
-    # After the database (torn down before it): the drainer of one-click withdrawals.
+    # After the database (so torn down before it): the drainers of one-click withdrawals.
     app[WITHDRAWALS] = withdrawals = Withdrawals(app[DB].db(), app[SETTINGS].policy_version)
     withdrawals.start()
     try:
