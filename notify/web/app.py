@@ -22,11 +22,13 @@ from notify.sms.courier import SmsCourier
 from notify.web import in_flight
 from notify.web.abuse import abuse_limits
 from notify.web.endpoints import DB, LIMITER, POSTMAN, SETTINGS, openapi
+from notify.web.pages import WITHDRAWALS
 from notify.web.pages_routes import PAGES
 from notify.web.problems import Handler, problem_middleware
 from notify.web.ratelimit import Limiter
 from notify.web.routes import ENDPOINTS
 from notify.web.twilio_hooks import ROUTES as TWILIO_ROUTES
+from notify.withdrawals import Withdrawals
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ def make_app(
     in_flight.cut_off_at_shutdown(app, settings.shutdown_timeout)
     app[LIMITER] = Limiter(settings)
     app.cleanup_ctx.append(_database(settings, migrate=migrate))
+    app.cleanup_ctx.append(_withdrawals)
     app.cleanup_ctx.append(_postman)
     app.cleanup_ctx.append(_courier)
     if start_sender:
@@ -84,6 +87,16 @@ def _database(settings: Settings, *, migrate: bool) -> Callable[[web.Application
             await close_db(ctx)
 
     return database
+
+
+async def _withdrawals(app: web.Application) -> AsyncIterator[None]:
+    # After the database (so torn down before it): the drainers of one-click withdrawals.
+    app[WITHDRAWALS] = withdrawals = Withdrawals(app[DB].db(), app[SETTINGS].policy_version)
+    withdrawals.start()
+    try:
+        yield
+    finally:
+        await withdrawals.stop()
 
 
 SENDER = web.AppKey("sender", Sender)

@@ -28,6 +28,7 @@ from notify.tokens import ALL_TOPICS, Purpose
 from notify.web.abuse import CLIENT_IP
 from notify.web.endpoints import LIMITER, POSTMAN, SETTINGS
 from notify.web.ratelimit import Limiter
+from notify.withdrawals import Withdrawals
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ _ENV = jinja2.Environment(
     autoescape=True,
     undefined=jinja2.StrictUndefined,
 )
+#: The process's one-click withdrawals (group commit); started with the app.
+WITHDRAWALS = web.AppKey("withdrawals", Withdrawals)
 #: Set on a request whose body could not be read (see _form).
 _UNREADABLE = web.RequestKey("unreadable_body", bool)
 #: An undo restores the earlier state only shortly after the unsubscribe it undoes.
@@ -70,6 +73,16 @@ def browser_page(request: web.Request, name: str, status: int) -> web.Response:
 
 
 async def _resolve(request: web.Request, purpose: Purpose) -> tuple[tokens.Link, User] | None:
+    link = _link(request, purpose)
+    if link is None:
+        return None
+    user = await store.user_by_handle(link.handle)
+    return (link, user) if user else None
+
+
+def _link(request: web.Request, purpose: Purpose) -> tokens.Link | None:
+    """The request's link, if its token verifies, is for ``purpose`` and names a topic we
+    have; the user it names is not looked up here."""
     settings = request.app[SETTINGS]
     lifetime = subscriptions.confirm_lifetime(settings)
     link = tokens.verify(request.match_info["token"], settings.secret_keys, lifetime=lifetime)
@@ -77,8 +90,7 @@ async def _resolve(request: web.Request, purpose: Purpose) -> tuple[tokens.Link,
         return None
     if link.topic != ALL_TOPICS and link.topic not in settings.topics:
         return None
-    user = await store.user_by_handle(link.handle)
-    return (link, user) if user else None
+    return link
 
 
 def _topics(settings: Settings, link: tokens.Link) -> list[Topic]:
@@ -123,22 +135,25 @@ async def unsubscribe_page(request: web.Request) -> web.Response:
 
 
 async def unsubscribe_post(request: web.Request) -> web.Response:
-    found = await _resolve(request, Purpose.UNSUBSCRIBE)
+    link = _link(request, Purpose.UNSUBSCRIBE)
     form = await _form(request)
-    if found is None:
+    if link is None:
         return invalid(request)
-    link, user = found
     settings = request.app[SETTINGS]
     topics = _topics(settings, link)
     if form is not None and dict(form) == {"List-Unsubscribe": "One-Click"}:
         # RFC 8058: the mail client's one-click POST. It withdraws at once, needs nothing
-        # else, must not redirect, and answers 200 even when repeated.
-        for topic in topics:
-            await store.change_consent(user, topic, False, _evidence(request,
-                                       ConsentSource.ONE_CLICK, link=link),
-                                       default_policy=settings.policy_version)
-        locale = _browser_locale(request, user)
+        # else, must not redirect, and answers 200 even when repeated. Written with the
+        # other one-clicks waiting in this process (group commit, notify.withdrawals).
+        user_locale = await request.app[WITHDRAWALS].withdraw(
+            link.handle, topics, _evidence(request, ConsentSource.ONE_CLICK, link=link))
+        if user_locale is None:
+            return invalid(request)  # no such user, or an erased one
+        locale = i18n.choose(user_locale, request.headers.get("Accept-Language"))
         return web.Response(text=i18n.translate(locale, "one_click_done") + "\n")
+    user = await store.user_by_handle(link.handle)
+    if user is None:
+        return invalid(request)
     action = form.get("action") if form is not None else None
     if action == "undo":
         return await _undo(request, user, topics)
