@@ -230,13 +230,15 @@ class DeliveryStatus(StrEnum):
 class Delivery(Model):
     """One message to one user on one channel: the outbox row the sender works through.
 
-    The campaign and notice references carry no database constraint
-    (``db_constraint=False``): a campaign inserts a million rows in one statement, and a
-    foreign-key check per row per reference cost more than the insert itself
-    (bench/enqueue.py). What they would guard cannot happen: campaigns and policy versions
-    are never deleted, and every row is written by notify itself. (The user reference
-    keeps its constraint: dropping it would rebuild the table on SQLite, and users are
-    the reference that matters.)
+    On PostgreSQL the references carry no database constraint (migration 0004 drops
+    them): a campaign inserts a million rows in one statement, and a foreign-key check
+    per row per reference cost more than the insert itself (bench/enqueue.py; the user
+    check also locks each user row). What they would guard cannot happen: users are never
+    deleted (erasure keeps the row), nor are campaigns or policy versions, and every row
+    is written by notify itself. The campaign and notice fields say so
+    (``db_constraint=False``); the user field keeps the default, since tortoise would
+    rebuild the SQLite table to change it (0004 says more). SQLite keeps the REFERENCES
+    clauses its tables were created with.
     """
 
     id = fields.BigIntField(primary_key=True)

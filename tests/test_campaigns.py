@@ -799,3 +799,50 @@ async def test_the_enqueue_parts_together_find_what_one_statement_finds(client, 
         users = [{d.user_id for d in await Delivery.filter(campaign_id=c.id)}
                  for c in (one, many)]
         assert users[0] == users[1] and len(users[0]) == 200
+
+
+@pytest.mark.parametrize("database_url", [pytest.param("postgres",
+                                                       marks=pytest.mark.postgres)],
+                         indirect=True)
+async def test_a_notice_racing_another_notice_of_its_version_skips_whom_that_took(
+        client, orm, settings, database_url):
+    """The enqueue leaves a user out when another notice of the same version was queued
+    for them by a transaction that committed after the enqueue's statement began: the
+    unique index refuses the second, and the part is run again, tolerating it."""
+    import asyncpg
+
+    with orm:
+        await populate(40, HASH_KEY)
+    await publish(client, effective_at="2020-01-01T00:00:00Z")
+    first = await create(client, kind="policy_notice", policy_version="2026-12")
+    second = await create(client, kind="policy_notice", policy_version="2026-12")
+    with orm:
+        policy = await campaigns.PolicyVersion.get(version="2026-12")
+        target = (await User.filter(email__isnull=False, email_verified=True,
+                                    erased_at__isnull=True).order_by("id").first())
+    other = await asyncpg.connect(database_url.replace("asyncpg://", "postgres://"))
+    try:
+        # Another send's uncommitted notice to one user: our insert of that user waits
+        # on it, and fails on the unique index once it commits.
+        racing = other.transaction()
+        await racing.start()
+        await other.execute(
+            "INSERT INTO deliveries (user_id, campaign_id, notice_of_id, channel, kind, "
+            "context, status, attempts, takeovers, next_attempt_at, deadline, created_at, "
+            "updated_at) VALUES ($1, $2, $3, 'email', 'policy_notice', '{}', 'queued', 0, "
+            "0, now(), now(), now(), now())", target.id, first["id"], policy.id)
+        sending = asyncio.ensure_future(client.post(f"/v1/campaigns/{second['id']}/send",
+                                                    headers=ADMIN))
+        await asyncio.sleep(0.5)
+        await racing.commit()
+        resp = await sending
+    finally:
+        await other.close()
+    assert resp.status == 200, await resp.text()
+    sent = await resp.json()
+    with orm:
+        notices = await Delivery.filter(notice_of_id=policy.id).values_list("user_id",
+                                                                            "campaign_id")
+    assert notices.count((target.id, first["id"])) == 1
+    assert (target.id, second["id"]) not in notices
+    assert sent["enqueued"] == len(notices) - 1 and sent["enqueued"] > 0
