@@ -279,8 +279,11 @@ class Delivery(Model):
         table = "deliveries"
         # A campaign's rows are found through the unique index's first column. The claim
         # index ends in id: claims take due rows in (next_attempt_at, id) order, and a
-        # campaign's rows share one next_attempt_at (migration 0005 says why).
-        indexes = (("status", "next_attempt_at", "id"), ("user_id", "id"))
+        # campaign's rows share one next_attempt_at (migration 0005 says why). A user's
+        # rows: of a campaign through the unique index (campaign, user), the others
+        # through a partial index on user_id where there is no campaign (migration 0006:
+        # a per-user index on every row was a fifth of a million-row enqueue).
+        indexes = (("status", "next_attempt_at", "id"),)
         # NULLs are distinct in both databases: deliveries outside a campaign are not bound.
         unique_together = (("campaign", "user", "channel"),)
 

@@ -22,6 +22,7 @@ from notify.consent import Change, ConsentSource, ConsentState, decide
 from notify.errors import Conflict, InvalidRequest, NotFound
 from notify.models import (
     AddressKind,
+    Campaign,
     Consent,
     ConsentEvent,
     Delivery,
@@ -284,9 +285,15 @@ async def erase_user(
             await ConsentEvent.filter(user_id=user.id, id__lte=last.id).update(
                 ip=None, user_agent=None, note=None
             )
-        # Relay replies and template variables may quote the address or the name.
-        await Delivery.filter(user_id=user.id).update(last_error=None, context={},
-                                                      provider_ref=None)
+        # Relay replies and template variables may quote the address or the name. Found
+        # through the indexes deliveries have for this (models.Delivery): campaign by
+        # campaign, and those outside any.
+        campaigns = await Campaign.all().values_list("id", flat=True)
+        for chunk in [campaigns[i:i + 1000] for i in range(0, len(campaigns), 1000)]:
+            await Delivery.filter(campaign_id__in=chunk, user_id=user.id).update(
+                last_error=None, context={}, provider_ref=None)
+        await Delivery.filter(campaign_id__isnull=True, user_id=user.id).update(
+            last_error=None, context={}, provider_ref=None)
 
 
 def new_handle() -> str:

@@ -82,9 +82,19 @@ async def test_erasure_removes_contact_data_and_keeps_anonymised_ledger(client, 
         from notify.models import Delivery
         from notify.store import now
 
-        await Delivery.create(user_id=user.id, channel="email", kind="newsletter",
-                              context={"name": "Alice"}, next_attempt_at=now(), deadline=now(),
-                              last_error="550 5.1.1 <alice@example.com> unknown")
+        from notify.models import Campaign
+
+        campaign = await Campaign.create(name="news", kind="newsletter", channels=["email"],
+                                         topic="newsletter", template="newsletter",
+                                         created_by="test")
+        # One outside any campaign and one of a campaign: erasure finds each through its
+        # own index (migration 0006).
+        for campaign_id in (None, campaign.id):
+            await Delivery.create(user_id=user.id, channel="email", kind="newsletter",
+                                  campaign_id=campaign_id, context={"name": "Alice"},
+                                  next_attempt_at=now(), deadline=now(),
+                                  provider_ref="250 2.0.0 queued for alice@example.com",
+                                  last_error="550 5.1.1 <alice@example.com> unknown")
         await Suppression.create(kind=AddressKind.EMAIL, reason="complaint",
                                  address_hash=address_hash(b"h" * 32, AddressKind.EMAIL,
                                                            "alice@example.com"))
@@ -106,8 +116,10 @@ async def test_erasure_removes_contact_data_and_keeps_anonymised_ledger(client, 
             ("subscribed", "profile_settings", None), ("unsubscribed", "api", "erasure")]
         assert all(e.ip is None and e.user_agent is None for e in events)
         assert await Suppression.filter(kind=AddressKind.EMAIL).count() == 1
-        [delivery] = await Delivery.filter(user_id=user.id)
-        assert (delivery.last_error, delivery.context) == (None, {})
+        deliveries = await Delivery.filter(user_id=user.id)
+        assert len(deliveries) == 2
+        assert all((d.last_error, d.context, d.provider_ref) == (None, {}, None)
+                   for d in deliveries)
 
     # The main app may create a new user with the same id; it starts with no consent.
     resp = await client.put("/v1/users/alice", json={"email": "alice@example.com"}, headers=APP)
