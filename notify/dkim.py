@@ -13,31 +13,30 @@ signature stays valid; but that header can no longer be added without breaking i
 stops a replayed message from gaining a Reply-To or a List-Unsubscribe. (An MTA adds Date,
 Message-ID or MIME-Version only where missing, and every message notify builds has them.)
 
-Speed, measured with ``python bench/dkim.py`` on this project's 2-core machine (a 5 KB
-multipart message; best of 3 rounds; runs differ by about 10%; see bench/README.md)::
+Speed, measured with ``python bench/dkim_sign.py`` on this project's 2-core machine (a
+5 KB multipart message; best of 3 rounds; runs differ by about 10%; see bench/README.md)::
 
                                                       ms/message  messages/s
-    dkim.sign (pure-Python RSA, key parsed each call)    6.59          152
-    DkimSigner.sign (OpenSSL RSA, key parsed once)       0.60        1 676
-      ... with the ed25519 second signature              0.88        1 140
-    raw OpenSSL RSA-2048 signature, 1 core / 2 threads   0.25 / 0.16   4 007 / 6 406
-    sign_async, 64 callers, thread pool of 2             0.50        2 006
-    sign_async, 64 callers, process pool of 2 (default)  0.32        3 084
-    run_in_executor per message, 2 processes, 64 callers 0.48        2 104
-    sign_async, one caller at a time: threads/processes  0.74 / 0.98
+    dkim.sign (pure-Python RSA, key parsed each call)    6.44          155
+    DkimSigner.sign (OpenSSL RSA, our canonicalisation)  0.42        2 406
+      ... with the ed25519 second signature (dkimpy's)   0.93        1 076
+    raw OpenSSL RSA-2048 signature, 1 core / 2 threads   0.29 / 0.19   3 508 / 5 349
+    sign_async, 64 callers, thread pool of 2             0.30        3 303
+    sign_async, 64 callers, process pool of 2 (default)  0.24        4 163
+    sign_async, one caller at a time: threads/processes  0.60 / 0.94
 
-Which pool :meth:`DkimSigner.sign_async` uses, and why: OpenSSL releases the GIL while it
-signs (raw signatures scale 1.6x on 2 threads), but about 60% of ``sign`` is dkimpy's
-pure-Python canonicalisation and tag building, which holds it; so a thread pool gains only
-1.2x over signing inline, and what it runs still competes with the event loop for the GIL.
-A process pool (one worker per core, each building its signer once in the initializer)
-reaches 1.8x, and leaves the event loop's process alone, provided the pipe's cost per task
-(~0.15 ms of the parent's CPU) is shared: sent one message per task it reaches only 1.3x,
-so ``sign_async`` sends the messages that wait for the pool together. The process pool is
-the default; a message alone takes ~0.25 ms longer than with threads (the round trip),
-which does not matter for email. ``DkimSigner(..., pool="thread")`` picks
-threads. Workers are started with "spawn", so a ``__main__`` script must be import-safe
-(``if __name__ == "__main__":``), as the ``notify`` command is.
+The rsa-sha256 signature is dkimpy's output byte for byte (``DkimSigner._sign_rsa`` says
+how and why it is not dkimpy's own code path: that cost 0.63 ms a message, of which 0.35
+was Python around the RSA). What is left of ``sign`` beside OpenSSL's RSA (~0.12 ms)
+holds the GIL, so a thread pool gains little over signing inline; a process pool (one
+worker per core, each building its signer once in the initializer) gains more, provided
+the pipe's cost per task (~0.15 ms of the parent's CPU) is shared: ``sign_async`` sends
+the messages that wait for the pool together. The process pool is the default; a message
+alone takes ~0.3 ms longer than with threads (the round trip), which does not matter for
+email. ``DkimSigner(..., pool="thread")`` picks threads. The campaign worker signs
+inline (``Postman.compose``): its processes already use every core. Workers are started
+with "spawn", so a ``__main__`` script must be import-safe (``if __name__ ==
+"__main__":``), as the ``notify`` command is.
 """
 
 from __future__ import annotations
