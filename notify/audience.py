@@ -210,6 +210,7 @@ class Enqueued:
     added: int = 0
     eligible: int = 0
     excluded: dict[str, int] = field(default_factory=dict)
+    resumed: bool = False  # the campaign had deliveries already (an interrupted enqueue)
 
     def add(self, added: int, eligible: int, excluded: Mapping[str, int]) -> None:
         self.added += added
@@ -265,6 +266,7 @@ async def enqueue(campaign: Campaign, topics: Mapping[str, str | None], *, now: 
             "SELECT EXISTS (SELECT 1 FROM deliveries WHERE campaign_id = $1 AND channel = $2)"
             " AS resumed", [campaign.id, channel])
         fresh = not found[0]["resumed"]
+        done.resumed = done.resumed or not fresh
         results = await asyncio.gather(*(
             _enqueue_part(pool, campaign, policy, channel, topics, now, retry_hours, r, fresh)
             for r in ranges))
@@ -306,10 +308,17 @@ async def _enqueue_statement(pool: BaseDBAsyncClient, campaign: Campaign,
     eligible = "FROM a WHERE a.r IS NULL"
     insert = _insert_sql(sql, campaign, policy, channel, topics, now, retry_hours,
                          source=eligible, user="a.id")
-    conflicts = "" if fresh else " ON CONFLICT DO NOTHING"
-    statement = (f"WITH a AS MATERIALIZED ({chosen}), added AS ({insert}{conflicts} "
-                 "RETURNING 1) SELECT 'added' AS r, COUNT(*) AS n FROM added "
+    statement = (f"WITH a AS MATERIALIZED ({chosen}), added AS ({insert}"
+                 f"{'' if fresh else ' ON CONFLICT DO NOTHING'} RETURNING 1) "
+                 "SELECT 'added' AS r, COUNT(*) AS n FROM added "
                  "UNION ALL SELECT r, COUNT(*) FROM a GROUP BY r")
+    if not fresh:
+        # Eligible: those added now and those the campaign had already (the statement's
+        # snapshot does not see its own insert), not those another campaign's notice of
+        # the same version took meanwhile.
+        statement += (" UNION ALL SELECT 'had', COUNT(*) FROM a JOIN deliveries d ON "
+                      f"d.campaign_id = {sql(campaign.id)} AND d.user_id = a.id AND "
+                      f"d.channel = {sql(channel)} WHERE a.r IS NULL")
     async with pool.acquire_connection() as connection, connection.transaction():
         # The join of users and consents hashes up to a million rows: with the default
         # 4 MB it spills to disk in 32 batches. JIT compiling the statement cost 0.3 s of
@@ -318,6 +327,8 @@ async def _enqueue_statement(pool: BaseDBAsyncClient, campaign: Campaign,
         rows = await connection.fetch(statement, *sql.values)
     counts = {row["r"]: row["n"] for row in rows}
     added, eligible_count = counts.pop("added"), counts.pop(None, 0)
+    if not fresh:
+        eligible_count = added + counts.pop("had")
     return added, eligible_count, counts
 
 

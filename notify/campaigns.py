@@ -267,10 +267,13 @@ async def _start(settings: Settings, campaign: Campaign, now: datetime) -> None:
                                   parts=settings.enqueue_parts)
     campaign.enqueued = done.eligible
     campaign.excluded = done.excluded
-    # Nobody to send to: done at once, rather than "sending" until a sender looks.
-    campaign.status = CampaignStatus.SENDING if campaign.enqueued else CampaignStatus.DONE
+    # Nobody to send to: done at once, rather than "sending" until a sender looks. But
+    # deliveries an interrupted enqueue left are worked through (and skipped, if their
+    # users are no longer eligible) before the campaign is done.
+    sending = bool(campaign.enqueued or done.resumed)
+    campaign.status = CampaignStatus.SENDING if sending else CampaignStatus.DONE
     campaign.started_at = now
-    campaign.finished_at = None if campaign.enqueued else now
+    campaign.finished_at = None if sending else now
     await campaign.save(update_fields=["enqueued", "excluded", "status", "started_at",
                                        "finished_at", "updated_at"])
 

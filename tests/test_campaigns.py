@@ -19,7 +19,7 @@ from support import ADMIN, APP, HASH_KEY, snapshot
 from tortoise.transactions import in_transaction
 
 from notify import audience, campaigns, eligibility, postman, store
-from notify.models import AuditEntry, Campaign, ConsentEvent, Delivery, User
+from notify.models import AuditEntry, Campaign, Consent, ConsentEvent, Delivery, User
 from notify.web.endpoints import POSTMAN
 
 POLICY = {
@@ -846,3 +846,62 @@ async def test_a_notice_racing_another_notice_of_its_version_skips_whom_that_too
     assert notices.count((target.id, first["id"])) == 1
     assert (target.id, second["id"]) not in notices
     assert sent["enqueued"] == len(notices) - 1 and sent["enqueued"] > 0
+
+
+async def test_a_campaign_cancelled_while_a_batch_is_out_leaves_nothing_queued(client, orm):
+    """Workers take only deliveries of sending campaigns: a delivery of a cancelled
+    campaign that its batch hands back as held (it was paused when read) or queued (for
+    a retry) is cancelled, or it would wait for ever."""
+    with orm:
+        await populate(20, HASH_KEY)
+    made = await create(client, **NEWSLETTER)
+    await client.post(f"/v1/campaigns/{made['id']}/send", headers=ADMIN)
+    sender = client.app[POSTMAN]
+    with orm:
+        batch = await sender.claim(5)
+    await client.post(f"/v1/campaigns/{made['id']}/pause", headers=ADMIN)
+    with orm:
+        known = await postman.Batch.load(sender.settings, batch)  # read while paused
+    assert (await client.post(f"/v1/campaigns/{made['id']}/cancel",
+                              headers=ADMIN)).status == 200
+    with orm:
+        for delivery in batch:
+            await sender._deliver_one(delivery, known, store.now())
+        batch[0].status = "queued"  # as a temporary failure hands it back for a retry
+        await postman.record_outcomes(batch)
+        await drain(client)
+        rows = await Delivery.filter(campaign_id=made["id"]).values_list("status",
+                                                                        flat=True)
+    assert set(rows) == {"cancelled"}
+
+
+async def test_a_resent_campaign_nobody_is_eligible_for_works_through_what_was_left(
+        client, orm, settings):
+    """PostgreSQL: an interrupted send leaves queued deliveries; sent again when nobody is
+    eligible any more, the campaign is sending until those are skipped, then done."""
+    with orm:
+        await populate(100, HASH_KEY)
+    made = await create(client, **NEWSLETTER)
+
+    class Interrupted(Exception):
+        pass
+
+    with orm:
+        campaign = await Campaign.get(id=made["id"])
+        with pytest.raises(Interrupted):
+            async with in_transaction():
+                await audience.enqueue(campaign, {"email": "newsletter"}, now=store.now(),
+                                       retry_hours=1, parts=2)
+                raise Interrupted
+        left = await Delivery.filter(campaign_id=made["id"]).count()
+        await Consent.filter(topic="newsletter").update(state="unsubscribed")
+    sent = await (await client.post(f"/v1/campaigns/{made['id']}/send", headers=ADMIN)).json()
+    assert sent["enqueued"] == 0
+    assert sent["status"] == ("sending" if left else "done")  # SQLite rolled them back
+    await drain(client)
+    with orm:
+        rows = await Delivery.filter(campaign_id=made["id"]).values_list("status",
+                                                                        "skip_reason")
+        assert (await Campaign.get(id=made["id"])).status == "done"
+    assert len(rows) == left and set(rows) <= {("skipped", "not_subscribed")}
+    assert outbox(settings) == []
