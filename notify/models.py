@@ -278,12 +278,12 @@ class Delivery(Model):
     class Meta:
         table = "deliveries"
         # A campaign's rows are found through the unique index's first column. The claim
-        # index ends in id: claims take due rows in (next_attempt_at, id) order, and a
-        # campaign's rows share one next_attempt_at (migration 0005 says why). A user's
+        # index: a worker claims one channel's due rows in (next_attempt_at, id) order;
+        # a campaign's rows share one next_attempt_at (migration 0005 says why). A user's
         # rows: of a campaign through the unique index (campaign, user), the others
         # through a partial index on user_id where there is no campaign (migration 0006:
         # a per-user index on every row was a fifth of a million-row enqueue).
-        indexes = (("status", "next_attempt_at", "id"),)
+        indexes = (("channel", "status", "next_attempt_at", "id"),)
         # NULLs are distinct in both databases: deliveries outside a campaign are not bound.
         unique_together = (("campaign", "user", "channel"),)
 
