@@ -130,6 +130,27 @@ def _own_costs(env: dict[str, str], pem: bytes, body: str, queue: multiprocessin
     queue.put(costs)
 
 
+async def _set_up(sink_binary: str) -> tuple[Path, bytes, int, subprocess.Popen, str, str,
+                                             dict[str, str]]:
+    """A work folder with a fresh DKIM key, smtp-sink on a free port, an empty database,
+    and the workers' environment."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    work = Path(tempfile.mkdtemp(prefix="notify-bench-"))
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    (work / "dkim.pem").write_bytes(pem)
+    port = free_port()
+    sink = subprocess.Popen([sink_binary, "-u", "nobody", f"127.0.0.1:{port}", "1000"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    name = f"notify_bench_{uuid.uuid4().hex[:10]}"
+    url = ADMIN.rsplit("/", 1)[0] + "/" + name
+    await admin(f'CREATE DATABASE "{name}"')
+    return work, pem, port, sink, name, url, _env(url, work, port)
+
+
 def _env(url: str, work: Path, port: int) -> dict[str, str]:
     return {**os.environ, "NOTIFY_DATABASE_URL": url, "NOTIFY_DATA_DIR": str(work),
             "NOTIFY_API_KEYS": "admin:" + "a" * 20, "NOTIFY_SECRET_KEYS": "k1:" + "s" * 40,
@@ -182,21 +203,7 @@ async def main(users: int, workers: int) -> None:
     sink_binary = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
     if not Path(sink_binary).exists():
         sys.exit("smtp-sink not found: apt-get install postfix")
-    work = Path(tempfile.mkdtemp(prefix="notify-bench-"))
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    (work / "dkim.pem").write_bytes(pem)
-    port = free_port()
-    sink = subprocess.Popen([sink_binary, "-u", "nobody", f"127.0.0.1:{port}", "1000"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    name = f"notify_bench_{uuid.uuid4().hex[:10]}"
-    url = ADMIN.rsplit("/", 1)[0] + "/" + name
-    env = _env(url, work, port)
-    await admin(f'CREATE DATABASE "{name}"')
+    work, pem, port, sink, name, url, env = await _set_up(sink_binary)
     procs: list[subprocess.Popen] = []
     try:
         queued = await _prepare(env, url, users)
@@ -273,21 +280,7 @@ async def growth(sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000),
     print(f"campaign send by outbox size: {cores} workers, {seconds:.0f} s of sending each "
           f"(PostgreSQL, DKIM RSA-2048, smtp-sink)", flush=True)
     for users in sizes:
-        work = Path(tempfile.mkdtemp(prefix="notify-bench-"))
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
-
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        (work / "dkim.pem").write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption()))
-        port = free_port()
-        sink = subprocess.Popen([sink_binary, "-u", "nobody", f"127.0.0.1:{port}", "1000"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        name = f"notify_bench_{uuid.uuid4().hex[:10]}"
-        url = ADMIN.rsplit("/", 1)[0] + "/" + name
-        env = _env(url, work, port)
-        await admin(f'CREATE DATABASE "{name}"')
+        _, _, _, sink, name, url, env = await _set_up(sink_binary)
         procs: list[subprocess.Popen] = []
         try:
             queued = await _prepare(env, url, users)
