@@ -752,6 +752,22 @@ async def test_the_database_itself_refuses_a_second_notice_of_a_version(client, 
             await Delivery.create(**row)
 
 
+class Interrupted(Exception):
+    pass
+
+
+async def interrupted_enqueue(campaign_id: int, parts: int) -> audience.Enqueued:
+    """A send that fails after the enqueue: its transaction rolls back (on PostgreSQL the
+    enqueue's parts have committed on their own by then)."""
+    campaign = await Campaign.get(id=campaign_id)
+    with pytest.raises(Interrupted):
+        async with in_transaction():
+            done = await audience.enqueue(campaign, {"email": "newsletter"},
+                                          now=store.now(), retry_hours=1, parts=parts)
+            raise Interrupted
+    return done
+
+
 async def test_an_interrupted_enqueue_sends_nothing_until_the_campaign_is_sent(client, orm,
                                                                                settings):
     """On PostgreSQL the enqueue's parts commit before the campaign is marked sending; a
@@ -760,18 +776,9 @@ async def test_an_interrupted_enqueue_sends_nothing_until_the_campaign_is_sent(c
     with orm:
         profiles = await populate(400, HASH_KEY)
     made = await create(client, **NEWSLETTER)
-
-    class Interrupted(Exception):
-        pass
-
     with orm:
-        campaign = await Campaign.get(id=made["id"])
-        with pytest.raises(Interrupted):
-            async with in_transaction():
-                done = await audience.enqueue(campaign, {"email": "newsletter"},
-                                              now=store.now(), retry_hours=1, parts=3)
-                assert done.added == done.eligible == 80
-                raise Interrupted
+        done = await interrupted_enqueue(made["id"], parts=3)
+        assert done.added == done.eligible == 80
         assert (await Campaign.get(id=made["id"])).status == "draft"
     assert await drain(client) == 0 and outbox(settings) == []
     sent = await (await client.post(f"/v1/campaigns/{made['id']}/send", headers=ADMIN)).json()
@@ -882,17 +889,8 @@ async def test_a_resent_campaign_nobody_is_eligible_for_works_through_what_was_l
     with orm:
         await populate(100, HASH_KEY)
     made = await create(client, **NEWSLETTER)
-
-    class Interrupted(Exception):
-        pass
-
     with orm:
-        campaign = await Campaign.get(id=made["id"])
-        with pytest.raises(Interrupted):
-            async with in_transaction():
-                await audience.enqueue(campaign, {"email": "newsletter"}, now=store.now(),
-                                       retry_hours=1, parts=2)
-                raise Interrupted
+        await interrupted_enqueue(made["id"], parts=2)
         left = await Delivery.filter(campaign_id=made["id"]).count()
         await Consent.filter(topic="newsletter").update(state="unsubscribed")
     sent = await (await client.post(f"/v1/campaigns/{made['id']}/send", headers=ADMIN)).json()
