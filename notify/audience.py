@@ -253,6 +253,13 @@ async def enqueue(campaign: Campaign, topics: Mapping[str, str | None], *, now: 
             done.add(count, 0, {})
         return done
     pool = getattr(conn, "_parent", conn)  # in a transaction: the pool behind it
+    # Each part takes a connection of the pool beside the one the caller's transaction
+    # holds; a pool of one has none to give, and its single part runs in the caller's
+    # transaction instead (waiting for a connection there would wait for ever).
+    room = getattr(pool, "pool_maxsize", parts + 1) - 1
+    parts = max(1, min(parts, room))
+    if room < 1:
+        pool = conn
     bounds = await conn.execute_query_dict("SELECT MIN(id) AS lo, MAX(id) AS hi FROM users")
     lo, hi = bounds[0]["lo"], bounds[0]["hi"]
     done = Enqueued()

@@ -903,3 +903,33 @@ async def test_a_resent_campaign_nobody_is_eligible_for_works_through_what_was_l
         assert (await Campaign.get(id=made["id"])).status == "done"
     assert len(rows) == left and set(rows) <= {("skipped", "not_subscribed")}
     assert outbox(settings) == []
+
+
+@pytest.mark.parametrize("database_url", [pytest.param("postgres",
+                                                       marks=pytest.mark.postgres)],
+                         indirect=True)
+async def test_a_pool_of_one_connection_enqueues_in_the_callers_transaction(client, orm,
+                                                                            database_url):
+    """The enqueue's parts take connections beside the send's own; with `?maxsize=1` in
+    the URL there are none, and the one part runs in the send's transaction."""
+    from notify.db import close_db, open_db
+
+    with orm:
+        await populate(100, HASH_KEY)
+    made = await create(client, **NEWSLETTER)
+    single = await open_db(database_url + "?maxsize=1")
+    try:
+        with single:
+            campaign = await Campaign.get(id=made["id"])
+
+            async def send() -> audience.Enqueued:
+                async with in_transaction():
+                    return await audience.enqueue(campaign, {"email": "newsletter"},
+                                                  now=store.now(), retry_hours=1, parts=2)
+
+            done = await asyncio.wait_for(send(), timeout=30)
+    finally:
+        await close_db(single)
+    assert done.added == done.eligible == 20
+    with orm:
+        assert await Delivery.filter(campaign_id=made["id"]).count() == 20
