@@ -23,6 +23,26 @@ EXPIRE_SECONDS = 60.0
 PRUNE_SECONDS = 3600.0
 
 
+class _Every:
+    """A job that runs at most once in ``seconds``: for work that moves slowly, or whose
+    query is too dear for every pass (a pass is one batch). The first call is due."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.last = float("-inf")
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self.last < self.seconds:
+            return False
+        self.last = now
+        return True
+
+    def again(self) -> None:
+        """Due at the next call."""
+        self.last = float("-inf")
+
+
 def jobs(settings: Settings, postman: Postman, courier: SmsCourier | None = None) -> list[Job]:
     async def start_campaigns() -> int:
         return await campaigns.start_scheduled(settings)
@@ -37,49 +57,45 @@ def jobs(settings: Settings, postman: Postman, courier: SmsCourier | None = None
     async def deliver_sms() -> int:
         return await courier.deliver_due() if courier is not None else 0
 
-    guarded = [0.0]
+    guard = _Every(GUARD_SECONDS)
 
     async def guard_campaigns() -> int:
-        # Every few seconds, not every pass (a pass is one batch): the rates move slowly
-        # and counting a big campaign's deliveries is not free. Counted as no work.
-        if time.monotonic() - guarded[0] >= GUARD_SECONDS:
-            guarded[0] = time.monotonic()
+        # The rates move slowly and counting a big campaign's deliveries is not free.
+        # Counted as no work.
+        if guard.due():
             await campaigns.check_guards(settings)
         return 0
 
-    finished = [0.0]
+    finish = _Every(FINISH_SECONDS)
 
     async def finish_campaigns() -> int:
         # When the email queue ran dry, or every few seconds: looking for a campaign's open
         # deliveries scans its rows, 0.2 s at 800,000, which on every pass (a batch of
         # 200) cost more than the batch. While full batches come, a campaign finishing
         # can wait a few seconds to be marked done. Counted as no work.
-        if drained[0] or time.monotonic() - finished[0] >= FINISH_SECONDS:
-            finished[0] = time.monotonic()
+        if drained[0] or finish.due():
             await campaigns.finish_done()
         return 0
 
-    expired = [float("-inf")]
+    expire = _Every(EXPIRE_SECONDS)
 
     async def expire_pending() -> int:
-        # Once a minute, not every pass: finding pending requests reads the consents
-        # table, 3 rows a user (bench/campaign_send.py --growth: with a million users, on
-        # every pass, it took the send from ~1,000 to ~140 messages a second).
-        if time.monotonic() - expired[0] < EXPIRE_SECONDS:
+        # Once a minute: finding pending requests reads the consents table, 3 rows a
+        # user (bench/campaign_send.py --growth: with a million users, on every pass, it
+        # took the send from ~1,000 to ~140 messages a second).
+        if not expire.due():
             return 0
-        expired[0] = time.monotonic()
         done = await store.expire_pending(settings.topics, days=settings.pending_days,
                                           default_policy=settings.policy_version)
         if done:
-            expired[0] = float("-inf")  # a batch of 500 was full: the next pass goes on
+            expire.again()  # there may be more: the next pass goes on
         return done
 
-    pruned = [float("-inf")]
+    prune = _Every(PRUNE_SECONDS)
 
     async def prune_ledger() -> int:
         # Hourly is plenty for a period counted in days; counted as no work, like the guard.
-        if time.monotonic() - pruned[0] >= PRUNE_SECONDS:
-            pruned[0] = time.monotonic()
+        if prune.due():
             await retention.prune_ledger(settings.ledger_retention_days, store.now())
         return 0
 

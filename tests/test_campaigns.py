@@ -591,20 +591,29 @@ async def test_a_cancelled_or_partly_sent_notice_leaves_the_rest_for_a_later_one
     assert len({m["To"] for m in outbox(settings)}) == len(outbox(settings)) == 60
 
 
-async def test_pause_and_resume_while_a_batch_is_out_leave_nothing_held(client, orm):
+async def batch_read_while_paused(client, orm, users: int,  # noqa: ANN001
+                                  size: int) -> tuple[dict, list[Delivery], postman.Batch]:
+    """A campaign sent, a batch of ``size`` claimed, the campaign paused, and the batch's
+    checks read while it is paused."""
     with orm:
-        await populate(50, HASH_KEY)
+        await populate(users, HASH_KEY)
     made = await create(client, **NEWSLETTER)
     await client.post(f"/v1/campaigns/{made['id']}/send", headers=ADMIN)
-    postman_ = client.app[POSTMAN]
     with orm:
-        batch = await postman_.claim(10)
+        batch = await client.app[POSTMAN].claim(size)
     await client.post(f"/v1/campaigns/{made['id']}/pause", headers=ADMIN)
+    with orm:
+        known = await postman.Batch.load(client.app[POSTMAN].settings, batch)
+    return made, batch, known
+
+
+async def test_pause_and_resume_while_a_batch_is_out_leave_nothing_held(client, orm):
+    # The batch is read while paused ...
+    made, batch, known = await batch_read_while_paused(client, orm, 50, 10)
+    postman_ = client.app[POSTMAN]
     with orm:
         paused_view = await postman.claim("email", 10)  # nothing due while paused
         assert paused_view == []
-        # The batch was read while paused ...
-        known = await postman.Batch.load(client.app[POSTMAN].settings, batch)
     await client.post(f"/v1/campaigns/{made['id']}/resume", headers=ADMIN)
     with orm:
         # ... and is written after the resume: queued again, not held for ever.
@@ -859,16 +868,8 @@ async def test_a_campaign_cancelled_while_a_batch_is_out_leaves_nothing_queued(c
     """Workers take only deliveries of sending campaigns: a delivery of a cancelled
     campaign that its batch hands back as held (it was paused when read) or queued (for
     a retry) is cancelled, or it would wait for ever."""
-    with orm:
-        await populate(20, HASH_KEY)
-    made = await create(client, **NEWSLETTER)
-    await client.post(f"/v1/campaigns/{made['id']}/send", headers=ADMIN)
+    made, batch, known = await batch_read_while_paused(client, orm, 20, 5)
     sender = client.app[POSTMAN]
-    with orm:
-        batch = await sender.claim(5)
-    await client.post(f"/v1/campaigns/{made['id']}/pause", headers=ADMIN)
-    with orm:
-        known = await postman.Batch.load(sender.settings, batch)  # read while paused
     assert (await client.post(f"/v1/campaigns/{made['id']}/cancel",
                               headers=ADMIN)).status == 200
     with orm:
