@@ -38,7 +38,10 @@ class Relay:
 
     refuse_sender: bool = False
 
+    mail_options: list = field(default_factory=list)
+
     async def handle_MAIL(self, server, session, envelope, address, options):  # noqa: N802
+        self.mail_options.append(options)
         if self.refuse_sender:
             return "553 5.1.8 sender domain does not exist"
         envelope.mail_from = address
@@ -362,3 +365,54 @@ async def test_a_refused_sender_fails_the_delivery_but_suppresses_nobody(mailer)
     failed = await Delivery.get(id=delivery.id)
     assert failed.status == "failed" and "5.1.8" in failed.last_error
     assert not await store.is_suppressed(settings.hash_key, "email", "ada@example.com")
+
+
+async def test_one_transaction_sends_its_size_and_survives_a_refused_recipient(relay,
+                                                                              database_url,
+                                                                              tmp_path, orm):
+    from notify.channels import DeliveryError, Envelope
+
+    handler, port = relay
+    settings = load_settings(environ=environ_for(
+        database_url, tmp_path / "d6", NOTIFY_EMAIL_TRANSPORT="smtp",
+        NOTIFY_SMTP_HOST="127.0.0.1", NOTIFY_SMTP_PORT=str(port), NOTIFY_SMTP_TLS="none",
+        NOTIFY_POSTAL_ADDRESS="x"))
+    channel = SmtpEmailChannel(settings)
+    data = b"Subject: x\r\n\r\nline one\r\n.dot first\r\n"
+    receipt = await channel.send(Envelope("bounces+b1-x@example.com",
+                                          ("nobody@example.com", "b@example.com"), data))
+    assert receipt.reference.startswith("2.0.0 queued")
+    # RFC 1870 SIZE on MAIL; the refused recipient did not stop the accepted one; the
+    # line that starts with a dot arrived as it was (dot-stuffed on the wire).
+    assert handler.mail_options == [[f"SIZE={len(data)}"]]
+    [(mail_from, rcpt, content)] = handler.received
+    assert (mail_from, rcpt) == ("bounces+b1-x@example.com", ["b@example.com"])
+    assert content == data
+    # Every recipient refused: the relay's words, permanent, recipient-related.
+    with pytest.raises(DeliveryError) as refused:
+        await channel.send(Envelope("a@example.com", ("nobody@example.com",), data))
+    assert refused.value.code == 550 and refused.value.status == "5.1.1"
+    assert not refused.value.temporary and refused.value.recipient
+    await channel.close()
+
+
+@pytest.mark.parametrize("address", ["b@example.com> NOTIFY=NEVER", "a b@example.com",
+                                     "b@example.com\r\nRSET", '"b"@example.com',
+                                     "bü@example.com"])
+async def test_an_address_that_cannot_go_on_a_command_line_fails_for_good(
+        relay, database_url, tmp_path, orm, address):
+    from notify.channels import DeliveryError, Envelope
+
+    handler, port = relay
+    settings = load_settings(environ=environ_for(
+        database_url, tmp_path / "d7", NOTIFY_EMAIL_TRANSPORT="smtp",
+        NOTIFY_SMTP_HOST="127.0.0.1", NOTIFY_SMTP_PORT=str(port), NOTIFY_SMTP_TLS="none",
+        NOTIFY_POSTAL_ADDRESS="x"))
+    channel = SmtpEmailChannel(settings)
+    for envelope in (Envelope("a@example.com", (address,), b"Subject: x\r\n\r\nx\r\n"),
+                     Envelope(address, ("b@example.com",), b"Subject: x\r\n\r\nx\r\n")):
+        with pytest.raises(DeliveryError) as refused:
+            await channel.send(envelope)
+        assert not refused.value.temporary and "command line" in refused.value.detail
+    assert handler.mail_options == [] and handler.received == []
+    await channel.close()

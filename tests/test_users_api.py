@@ -79,10 +79,8 @@ async def test_erasure_removes_contact_data_and_keeps_anonymised_ledger(client, 
         "user_agent": "Firefox", "note": "from settings"}, headers=APP)
     with orm:
         user = await User.get(external_id="alice")
-        from notify.models import Delivery
+        from notify.models import Campaign, Delivery
         from notify.store import now
-
-        from notify.models import Campaign
 
         campaign = await Campaign.create(name="news", kind="newsletter", channels=["email"],
                                          topic="newsletter", template="newsletter",
