@@ -19,6 +19,12 @@ EMAIL_BATCH = 200
 FINISH_SECONDS = 5.0
 #: How often pending requests past their time are withdrawn: a period counted in days.
 EXPIRE_SECONDS = 60.0
+#: While the other jobs keep the passes coming (a pass is one batch of email), how often
+#: scheduled campaigns are looked for, and SMS when the last look found none due: each
+#: look costs about a millisecond and a half of the worker and the database, as much as
+#: a batch's share of ten emails (bench/campaign_send.py). An idle worker passes once a
+#: poll (a second) anyway.
+LOOK_SECONDS = 1.0
 #: How often the ledger's retention is applied (when a retention period is set).
 PRUNE_SECONDS = 3600.0
 
@@ -44,8 +50,15 @@ class _Every:
 
 
 def jobs(settings: Settings, postman: Postman, courier: SmsCourier | None = None) -> list[Job]:
+    look_for_scheduled = _Every(LOOK_SECONDS)
+
     async def start_campaigns() -> int:
-        return await campaigns.start_scheduled(settings)
+        if not look_for_scheduled.due():
+            return 0
+        started = await campaigns.start_scheduled(settings)
+        if started:
+            look_for_scheduled.again()
+        return started
 
     drained = [True]
 
@@ -54,8 +67,15 @@ def jobs(settings: Settings, postman: Postman, courier: SmsCourier | None = None
         drained[0] = done < EMAIL_BATCH
         return done
 
+    look_for_sms = _Every(LOOK_SECONDS)
+
     async def deliver_sms() -> int:
-        return await courier.deliver_due() if courier is not None else 0
+        if courier is None or not look_for_sms.due():
+            return 0
+        done = await courier.deliver_due()
+        if done:
+            look_for_sms.again()  # texts are due: look again on the next pass
+        return done
 
     guard = _Every(GUARD_SECONDS)
 

@@ -325,6 +325,31 @@ async def test_a_scheduled_campaign_starts_when_its_time_comes(client, orm, sett
         assert (await Campaign.get(id=made["id"])).enqueued == 4
 
 
+async def test_the_sender_looks_for_scheduled_campaigns_once_a_moment(client, orm, settings,
+                                                                      monkeypatch):
+    from notify import jobs as jobs_module
+
+    monkeypatch.setattr(jobs_module, "LOOK_SECONDS", 1.5)
+    [start] = [job for job in jobs_module.jobs(settings, client.app[POSTMAN])
+               if job.__name__ == "start_campaigns"]
+    with orm:
+        await populate(20, HASH_KEY)
+    soon = datetime.now(UTC) + timedelta(seconds=1)
+    made = await create(client, **NEWSLETTER, send_at=soon.isoformat())
+    assert (await client.post(f"/v1/campaigns/{made['id']}/send",
+                              headers=ADMIN)).status == 200
+    with orm:
+        looked = time.monotonic()
+        assert await start() == 0  # not due yet: the next look waits LOOK_SECONDS
+        await asyncio.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 0.05)
+        assert time.monotonic() - looked < 1.5
+        assert await start() == 0  # due now, but within the moment: not looked for
+        assert (await Campaign.get(id=made["id"])).status == "scheduled"
+        await asyncio.sleep(1.5 - (time.monotonic() - looked) + 0.05)
+        assert await start() == 1
+        assert (await Campaign.get(id=made["id"])).status == "sending"
+
+
 async def test_the_complaint_guard_pauses_a_campaign_and_says_why(client, orm, settings):
     from notify import bounces
 
