@@ -117,6 +117,14 @@ async def mailer(aiohttp_client, database_url, tmp_path, relay, dkim_key):
     await channel.close()
 
 
+def channel_to(port, database_url, data_dir, **settings) -> SmtpEmailChannel:  # noqa: ANN001
+    """A channel straight to the test relay, with no postman around it."""
+    return SmtpEmailChannel(load_settings(environ=environ_for(
+        database_url, data_dir, NOTIFY_EMAIL_TRANSPORT="smtp", NOTIFY_SMTP_HOST="127.0.0.1",
+        NOTIFY_SMTP_PORT=str(port), NOTIFY_SMTP_TLS="none", NOTIFY_POSTAL_ADDRESS="x",
+        **settings)))
+
+
 async def newsletter(postman, external_id="ada"):
     from notify.models import User
 
@@ -343,11 +351,7 @@ async def test_the_configured_rate_limit_is_applied(relay, database_url, tmp_pat
     from notify.channels import Envelope
 
     _, port = relay
-    settings = load_settings(environ=environ_for(
-        database_url, tmp_path / "d5", NOTIFY_EMAIL_TRANSPORT="smtp",
-        NOTIFY_SMTP_HOST="127.0.0.1", NOTIFY_SMTP_PORT=str(port), NOTIFY_SMTP_TLS="none",
-        NOTIFY_POSTAL_ADDRESS="x", NOTIFY_SMTP_RATE="10"))
-    channel = SmtpEmailChannel(settings)
+    channel = channel_to(port, database_url, tmp_path / "d5", NOTIFY_SMTP_RATE="10")
     start = time.monotonic()
     await asyncio.gather(*(channel.send(Envelope("a@example.com", ("b@example.com",),
                                                  b"Subject: x\r\n\r\nx\r\n"))
@@ -373,11 +377,7 @@ async def test_one_transaction_sends_its_size_and_survives_a_refused_recipient(r
     from notify.channels import DeliveryError, Envelope
 
     handler, port = relay
-    settings = load_settings(environ=environ_for(
-        database_url, tmp_path / "d6", NOTIFY_EMAIL_TRANSPORT="smtp",
-        NOTIFY_SMTP_HOST="127.0.0.1", NOTIFY_SMTP_PORT=str(port), NOTIFY_SMTP_TLS="none",
-        NOTIFY_POSTAL_ADDRESS="x"))
-    channel = SmtpEmailChannel(settings)
+    channel = channel_to(port, database_url, tmp_path / "d6")
     data = b"Subject: x\r\n\r\nline one\r\n.dot first\r\n"
     receipt = await channel.send(Envelope("bounces+b1-x@example.com",
                                           ("nobody@example.com", "b@example.com"), data))
@@ -404,11 +404,7 @@ async def test_an_address_that_cannot_go_on_a_command_line_fails_for_good(
     from notify.channels import DeliveryError, Envelope
 
     handler, port = relay
-    settings = load_settings(environ=environ_for(
-        database_url, tmp_path / "d7", NOTIFY_EMAIL_TRANSPORT="smtp",
-        NOTIFY_SMTP_HOST="127.0.0.1", NOTIFY_SMTP_PORT=str(port), NOTIFY_SMTP_TLS="none",
-        NOTIFY_POSTAL_ADDRESS="x"))
-    channel = SmtpEmailChannel(settings)
+    channel = channel_to(port, database_url, tmp_path / "d7")
     for envelope in (Envelope("a@example.com", (address,), b"Subject: x\r\n\r\nx\r\n"),
                      Envelope(address, ("b@example.com",), b"Subject: x\r\n\r\nx\r\n")):
         with pytest.raises(DeliveryError) as refused:
