@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from notify import campaigns, retention, store
 from notify.postman import Postman
@@ -12,10 +13,16 @@ from notify.sms.courier import SmsCourier
 
 #: How often the reputation guards look at the sending campaigns.
 GUARD_SECONDS = 5.0
-#: Deliveries a worker claims at once: a pass also runs the other jobs' queries, so fewer,
-#: fuller passes: from 200 to 500 took a campaign message's CPU down ~6% (the claim, the
-#: checks' reads and the outcomes cost a few milliseconds a batch besides their rows;
-#: bench/campaign_send.py). A crashed worker's claims are at most this many.
+#: Email deliveries a worker claims at once: ``EMAIL_BATCH_PER_CONNECTION`` for each SMTP
+#: connection of its pool (``NOTIFY_SMTP_POOL_SIZE``), at most ``EMAIL_BATCH``, and no
+#: more than a second's worth when ``NOTIFY_SMTP_RATE`` is set (``Postman.batch_size``).
+#: Fuller passes cost less a message (a batch's claim, checks and outcomes cost a few
+#: milliseconds besides their rows: 200 → 400 with a pool of 8 took ~6% of a campaign
+#: message's CPU, bench/campaign_send.py); a batch per connection keeps a batch's time,
+#: and so the age of its eligibility checks, the other jobs' wait and the lease it must
+#: fit in, the same whatever the pool (the default pool of 4 gives the former 200). A
+#: crashed worker's claims are at most one batch.
+EMAIL_BATCH_PER_CONNECTION = 50
 EMAIL_BATCH = 500
 #: How often a worker that still finds full batches looks for campaigns that are done.
 FINISH_SECONDS = 5.0
@@ -35,12 +42,13 @@ class _Every:
     """A job that runs at most once in ``seconds``: for work that moves slowly, or whose
     query is too dear for every pass (a pass is one batch). The first call is due."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.seconds = seconds
+        self.clock = clock
         self.last = float("-inf")
 
     def due(self) -> bool:
-        now = time.monotonic()
+        now = self.clock()
         if now - self.last < self.seconds:
             return False
         self.last = now
@@ -51,8 +59,11 @@ class _Every:
         self.last = float("-inf")
 
 
-def jobs(settings: Settings, postman: Postman, courier: SmsCourier | None = None) -> list[Job]:
-    look_for_scheduled = _Every(LOOK_SECONDS)
+def jobs(settings: Settings, postman: Postman, courier: SmsCourier | None = None, *,
+         clock: Callable[[], float] = time.monotonic) -> list[Job]:
+    """The sender's jobs; ``clock`` (seconds, monotonic) times the ones that run at most
+    every so often."""
+    look_for_scheduled = _Every(LOOK_SECONDS, clock)
 
     async def start_campaigns() -> int:
         if not look_for_scheduled.due():
@@ -65,11 +76,12 @@ def jobs(settings: Settings, postman: Postman, courier: SmsCourier | None = None
     drained = [True]
 
     async def deliver_email() -> int:
-        done = await postman.deliver_due(EMAIL_BATCH)
-        drained[0] = done < EMAIL_BATCH
+        size = postman.batch_size(EMAIL_BATCH_PER_CONNECTION, EMAIL_BATCH)
+        done = await postman.deliver_due(size)
+        drained[0] = done < size
         return done
 
-    look_for_sms = _Every(LOOK_SECONDS)
+    look_for_sms = _Every(LOOK_SECONDS, clock)
 
     async def deliver_sms() -> int:
         if courier is None or not look_for_sms.due():
@@ -79,7 +91,7 @@ def jobs(settings: Settings, postman: Postman, courier: SmsCourier | None = None
             look_for_sms.again()  # texts are due: look again on the next pass
         return done
 
-    guard = _Every(GUARD_SECONDS)
+    guard = _Every(GUARD_SECONDS, clock)
 
     async def guard_campaigns() -> int:
         # The rates move slowly and counting a big campaign's deliveries is not free.
@@ -88,7 +100,7 @@ def jobs(settings: Settings, postman: Postman, courier: SmsCourier | None = None
             await campaigns.check_guards(settings)
         return 0
 
-    finish = _Every(FINISH_SECONDS)
+    finish = _Every(FINISH_SECONDS, clock)
 
     async def finish_campaigns() -> int:
         # When the email queue ran dry, or every few seconds: looking for a campaign's open
@@ -99,7 +111,7 @@ def jobs(settings: Settings, postman: Postman, courier: SmsCourier | None = None
             await campaigns.finish_done()
         return 0
 
-    expire = _Every(EXPIRE_SECONDS)
+    expire = _Every(EXPIRE_SECONDS, clock)
 
     async def expire_pending() -> int:
         # Once a minute: finding pending requests reads the consents table, 3 rows a
@@ -113,7 +125,7 @@ def jobs(settings: Settings, postman: Postman, courier: SmsCourier | None = None
             expire.again()  # there may be more: the next pass goes on
         return done
 
-    prune = _Every(PRUNE_SECONDS)
+    prune = _Every(PRUNE_SECONDS, clock)
 
     async def prune_ledger() -> int:
         # Hourly is plenty for a period counted in days; counted as no work, like the guard.

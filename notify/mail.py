@@ -203,8 +203,9 @@ def build_bytes(email_: Email, settings: Settings) -> bytes:
         _text_header("Subject", subject),
         _date_line(),
     ]
-    headers = {**({} if "Message-ID" in email_.headers
-                  else {"Message-ID": make_msgid(domain=settings.mail_domain)}),
+    # Message-ID first, as ``build`` writes it; made only when the delivery brings none.
+    headers = {"Message-ID": email_.headers.get("Message-ID")
+               or make_msgid(domain=settings.mail_domain),
                **({"Reply-To": settings.reply_to} if settings.reply_to else {}),
                **email_.headers}
     head += [_header_line(name, value) for name, value in headers.items()]

@@ -95,6 +95,11 @@ class Postman:
             await self.deliver(await Delivery.get(id=delivery.id))
         return await Delivery.get(id=delivery.id)
 
+    def batch_size(self, per_connection: int, most: int) -> int:
+        """How many email deliveries the sender claims at once (see ``jobs.EMAIL_BATCH``)."""
+        size = min(most, per_connection * self.settings.smtp_pool_size)
+        return min(size, self.settings.smtp_rate) if self.settings.smtp_rate else size
+
     async def deliver_due(self, limit: int = 50) -> int:
         """One batch of the sender's work: claim due deliveries and deliver them."""
         if self.settings.smtp_rate:

@@ -192,17 +192,15 @@ async def test_the_sender_runs_the_sms_job(app_client):
     assert "deliver_sms" in names
 
 
-async def test_after_an_empty_look_texts_wait_a_moment_and_then_all_go(app_client,
-                                                                     monkeypatch):
-    import asyncio
-
-    from notify import jobs as jobs_module
+async def test_after_an_empty_look_texts_wait_a_moment_and_then_all_go(app_client):
+    from notify.jobs import LOOK_SECONDS
 
     client, settings = app_client
-    monkeypatch.setattr(jobs_module, "LOOK_SECONDS", 0.3)
     courier = SmsCourier(settings, LogSmsChannel(settings),
                          clock=Clock(datetime(2025, 1, 15, 12, 0, tzinfo=NEW_YORK)))
-    [deliver_sms] = [job for job in jobs(settings, client.app[POSTMAN], courier)
+    ticks = [100.0]
+    [deliver_sms] = [job for job in jobs(settings, client.app[POSTMAN], courier,
+                                         clock=lambda: ticks[0])
                      if job.__name__ == "deliver_sms"]
     user = await User.get(external_id="bob")
 
@@ -212,13 +210,15 @@ async def test_after_an_empty_look_texts_wait_a_moment_and_then_all_go(app_clien
 
     assert await deliver_sms() == 0  # nothing due: the next look waits LOOK_SECONDS
     await text()
+    ticks[0] += LOOK_SECONDS * 0.9
     assert await deliver_sms() == 0 and len(logged(settings)) == 0
-    await asyncio.sleep(0.35)
+    ticks[0] += LOOK_SECONDS * 0.1
     assert await deliver_sms() == 1 and len(logged(settings)) == 1
-    # A look that found texts looks again on the very next pass.
+    # A look that found texts looks again on the very next pass, at the same moment.
     await text()
     await text()
     assert await deliver_sms() == 2 and len(logged(settings)) == 3
+    assert await deliver_sms() == 0
 
 
 # -- texts and preview -------------------------------------------------------------------

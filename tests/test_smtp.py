@@ -410,5 +410,7 @@ async def test_an_address_that_cannot_go_on_a_command_line_fails_for_good(
         with pytest.raises(DeliveryError) as refused:
             await channel.send(envelope)
         assert not refused.value.temporary and "command line" in refused.value.detail
+    # Refused before any command, and before taking a connection for it.
+    assert handler.connections == 0
     assert handler.mail_options == [] and handler.received == []
     await channel.close()

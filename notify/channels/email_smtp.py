@@ -39,12 +39,19 @@ class SmtpEmailChannel:
         self._rate = AsyncLimiter(rate, 1) if rate else None
 
     async def send(self, envelope: Envelope) -> Receipt:
+        try:
+            # Before taking a connection or a place under the rate: a refused address
+            # must not cost either.
+            sender = _mailbox(envelope.mail_from)
+            recipients = [_mailbox(address) for address in envelope.rcpt_to]
+        except _BadAddress as exc:
+            raise _classify(exc) from exc
         async with self._slots:
             if self._rate is not None:
                 await self._rate.acquire()
             connection = await self._connection()
             try:
-                reply = await _transaction(connection, envelope)
+                reply = await _transaction(connection, envelope, sender, recipients)
             except BaseException as exc:
                 await _discard(connection)
                 if isinstance(exc, Exception):
@@ -86,17 +93,16 @@ class SmtpEmailChannel:
             await _discard(connection)
 
 
-async def _transaction(connection: aiosmtplib.SMTP, envelope: Envelope) -> str:
+async def _transaction(connection: aiosmtplib.SMTP, envelope: Envelope, sender: bytes,
+                       recipients: list[bytes]) -> str:
     """One mail transaction (MAIL, RCPT, DATA): what aiosmtplib's ``sendmail`` does, less
     its parsing of every address with ``email.utils.parseaddr``, twice per address (to
     validate, then to quote). With a VERP sender that parsing was a third of a campaign
     message's SMTP cost (bench/campaign_send.py). Our addresses are bare mailboxes: the
     VERP sender is ours and recipients were validated when stored; what could break the
-    command line is still refused, as aiosmtplib refuses it. The connection is discarded
-    after any error (``send``), so no RSET is needed.
+    command line is refused before (``_mailbox``), as aiosmtplib refuses it. The
+    connection is discarded after any error (``send``), so no RSET is needed.
     """
-    sender = _mailbox(envelope.mail_from)
-    recipients = [_mailbox(address) for address in envelope.rcpt_to]
     data = envelope.data
     options = []
     if connection.supports_extension("size"):
