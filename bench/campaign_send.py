@@ -3,8 +3,9 @@ eligibility re-check, templates, MIME, DKIM (RSA-2048) and SMTP into postfix's
 ``smtp-sink`` on loopback, each message personalised with its own unsubscribe link.
 
 Printed next to the same run's ceiling: RSA-2048 signatures per second through OpenSSL on
-all cores, combined with raw SMTP sends of one pre-built message (a message costs one of
-each, so the ceiling is 1 / (1/signatures + 1/sends)).
+all cores, combined with SMTP sends of one pre-built, signed message through the workers'
+own channel and envelope (a message costs one of each, so the ceiling is
+1 / (1/signatures + 1/sends)), measured just before the send and just after it.
 
 Run from the repository root: ``python bench/campaign_send.py [USERS] [WORKERS]``
 (defaults 20000 users, one worker per core). Needs PostgreSQL at 127.0.0.1:5432
