@@ -291,10 +291,14 @@ class Postman:
                                         detail=exc.detail)
 
 
-#: What delivering writes back to a delivery row (in one statement per batch).
-_OUTCOME_FIELDS = ("status", "skip_reason", "attempts", "last_error", "next_attempt_at",
-                   "deadline", "sent_at", "provider_ref", "checked_at", "lease_until",
-                   "notice_of_id", "updated_at")
+#: What delivering writes back to a delivery row (in one statement per batch), with each
+#: column's PostgreSQL type for that statement's arrays.
+_OUTCOME_TYPES = {"status": "text", "skip_reason": "text", "attempts": "int",
+                  "last_error": "text", "next_attempt_at": "timestamptz",
+                  "deadline": "timestamptz", "sent_at": "timestamptz", "provider_ref": "text",
+                  "checked_at": "timestamptz", "lease_until": "timestamptz",
+                  "notice_of_id": "bigint", "updated_at": "timestamptz"}
+_OUTCOME_FIELDS = tuple(_OUTCOME_TYPES)
 #: A policy notice that ended so never reached the user: it does not count as the one
 #: notice of its version, so a later campaign may bring it.
 _NOT_NOTIFIED = (DeliveryStatus.SKIPPED, DeliveryStatus.FAILED, DeliveryStatus.CANCELLED)
@@ -426,14 +430,6 @@ async def _campaign_states(ids: set[int]) -> dict[int, str]:
         "SELECT id, status FROM campaigns WHERE id = ANY($1::bigint[]) FOR SHARE",
         [list(ids)])
     return {row["id"]: row["status"] for row in rows}
-
-
-#: The outcome columns' PostgreSQL types, for the one-statement write below.
-_OUTCOME_TYPES = {"status": "text", "skip_reason": "text", "attempts": "int",
-                  "last_error": "text", "next_attempt_at": "timestamptz",
-                  "deadline": "timestamptz", "sent_at": "timestamptz", "provider_ref": "text",
-                  "checked_at": "timestamptz", "lease_until": "timestamptz",
-                  "notice_of_id": "bigint", "updated_at": "timestamptz"}
 
 
 async def _write(rows: list[Delivery]) -> None:

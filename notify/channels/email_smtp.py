@@ -45,7 +45,8 @@ class SmtpEmailChannel:
             sender = _mailbox(envelope.mail_from)
             recipients = [_mailbox(address) for address in envelope.rcpt_to]
         except _BadAddress as exc:
-            raise _classify(exc) from exc
+            # Sending it again cannot succeed.
+            raise DeliveryError(str(exc), temporary=False) from exc
         async with self._slots:
             if self._rate is not None:
                 await self._rate.acquire()
@@ -123,14 +124,14 @@ async def _transaction(connection: aiosmtplib.SMTP, envelope: Envelope, sender: 
 
 
 def _mailbox(address: str) -> bytes:
-    """``<address>`` for MAIL or RCPT; ValueError for what no command line may carry."""
+    """``<address>`` for MAIL or RCPT; _BadAddress for what no command line may carry."""
     if not address.isascii() or not address.isprintable() or _UNSAFE.search(address):
         raise _BadAddress(f"address {address!r} cannot be sent on an SMTP command line")
     return f"<{address}>".encode("ascii")
 
 
 class _BadAddress(ValueError):
-    """Refused before any command: sending it again cannot succeed."""
+    """An address refused before any command."""
 
 
 #: What aiosmtplib refuses in a mailbox too (its ADDRESS_INJECTION_REGEX).
@@ -143,8 +144,6 @@ async def _discard(connection: aiosmtplib.SMTP) -> None:
 
 
 def _classify(exc: Exception) -> DeliveryError:
-    if isinstance(exc, _BadAddress):
-        return DeliveryError(str(exc), temporary=False)
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
         exc = exc.recipients[0]
     if isinstance(exc, aiosmtplib.SMTPRecipientRefused):
