@@ -19,7 +19,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jinja2
 
@@ -28,6 +28,12 @@ from notify.settings import Settings
 from notify.store import now
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "emails"
+
+
+class Shared(Protocol):
+    """Renderings shared by several messages (``notify.render_once.Renderings``)."""
+
+    def render(self, email: Email, settings: Settings) -> tuple[str, str, str] | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +88,14 @@ def _template(env: jinja2.Environment, name: str, locale: str) -> jinja2.Templat
     return env.select_template([f"{stem}.{locale}.{suffix}", name])
 
 
-def render(email: Email, settings: Settings) -> tuple[str, str, str]:
-    """Subject, plain text and HTML of an email."""
+def render(email: Email, settings: Settings, shared: Shared | None = None
+           ) -> tuple[str, str, str]:
+    """Subject, plain text and HTML of an email; from ``shared`` renderings when it has one
+    for it (``notify.render_once``)."""
+    if shared is not None:
+        rendered = shared.render(email, settings)
+        if rendered is not None:
+            return rendered
     context = {**email.context, "footer": email.footer,
                "postal_address": settings.postal_address}
     subject = " ".join(_render(f"{email.kind}/subject.txt", email.locale, context).split())
@@ -188,13 +200,13 @@ def _date_line() -> str:
     return _date_cache[1]
 
 
-def build_bytes(email_: Email, settings: Settings) -> bytes:
+def build_bytes(email_: Email, settings: Settings, shared: Shared | None = None) -> bytes:
     """The message ``build`` makes, as bytes, at a tenth of the cost (see above)."""
     if not all(value.isascii() for value in email_.headers.values()):
         # A configured label with non-ASCII letters in List-Id, say: rare, so the
         # stdlib's full header machinery takes it.
         return build(email_, settings).as_bytes()
-    subject, text, html = render(email_, settings)
+    subject, text, html = render(email_, settings, shared)
     boundary = _boundary()
     recipient = email.utils.formataddr((email_.to_name or "", email_.to), charset="utf-8")
     head = [

@@ -10,6 +10,7 @@ recorded as failed, and an unknown mailbox (5.1.x) also suppresses the address.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -24,7 +25,7 @@ from tortoise import connections
 from tortoise.expressions import F, Q, Subquery
 from tortoise.transactions import in_transaction
 
-from notify import eligibility, i18n, links, mail, store
+from notify import eligibility, i18n, links, mail, render_once, store
 from notify.channels import DeliveryError, EmailChannel, Envelope
 from notify.consent import ConsentState
 from notify.db import is_unavailable
@@ -197,12 +198,15 @@ class Postman:
         reason = eligibility.skip_reason(delivery.kind, delivery.topic, topic, who, notice)
         if reason is not None:
             raise _Skip(reason)
-        data = await self.compose(delivery, user, campaign, policy)
+        data = await self.compose(delivery, user, campaign, policy, known.renderings)
         return Envelope(links.verp_address(settings, delivery.id), (user.email,), data)
 
     async def compose(self, delivery: Delivery, user: User, campaign: Campaign | None = None,
-                      policy: PolicyVersion | None = None) -> bytes:
-        """The message bytes of a delivery, exactly as sent (signed when DKIM is set)."""
+                      policy: PolicyVersion | None = None,
+                      renderings: render_once.Renderings | None = None) -> bytes:
+        """The message bytes of a delivery, exactly as sent (signed when DKIM is set);
+        ``renderings`` shares a rendering of its templates with other messages of its
+        batch where that is provably the same text."""
         settings = self.settings
         locale = i18n.choose(user.locale)
         topic = settings.topics.get(delivery.topic) if delivery.topic else None
@@ -240,7 +244,7 @@ class Postman:
             footer=mail.Footer(preferences_url=preferences_url,
                                unsubscribe_url=unsubscribe_url,
                                topic_label=topic.label(locale) if topic else None))
-        data = mail.build_bytes(email, settings)
+        data = mail.build_bytes(email, settings, renderings)
         return self.signer.sign(data) if self.signer else data
 
     async def send_test(self, campaign: Campaign, policy: PolicyVersion | None, address: str,
@@ -477,6 +481,8 @@ class Batch:
     suppressed: set[str]  # address hashes
     campaigns: dict[int | None, Campaign]
     policies: dict[int | None, PolicyVersion]
+    #: Templates rendered once for the batch's messages that can share them.
+    renderings: render_once.Renderings = dataclasses.field(default_factory=render_once.Renderings)
 
     @classmethod
     async def load(cls, settings: Settings, batch: list[Delivery],

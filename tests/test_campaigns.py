@@ -13,12 +13,13 @@ import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta, timezone
 
+import markupsafe
 import pytest
 from population import populate, pure_reasons, tally
 from support import ADMIN, APP, HASH_KEY, snapshot
 from tortoise.transactions import in_transaction
 
-from notify import audience, campaigns, eligibility, postman, store
+from notify import audience, campaigns, eligibility, i18n, postman, store
 from notify.models import AuditEntry, Campaign, Consent, ConsentEvent, Delivery, User
 from notify.web.endpoints import POSTMAN
 
@@ -182,6 +183,35 @@ async def test_mixed_population_gets_exactly_what_the_rules_say(client, orm, set
         assert again.added == 0
     assert (await client.post(f"/v1/campaigns/{made['id']}/send",
                               headers=ADMIN)).status == 409
+
+
+async def test_each_reader_of_one_batch_gets_their_own_name_and_links(client, orm, settings):
+    """The batch shares one rendering of the templates (notify.render_once); each message
+    still greets its own reader, escaped in the HTML, and carries its own links."""
+    names = ["Ada <b>&amp;", None, "", "Zoë {name}", "Bob"]
+    with orm:
+        profiles = await populate(60, HASH_KEY)
+        readers = sorted(u for u, p in profiles.items() if p in ("subscribed", "subscribed_de"))
+        for number, external in enumerate(readers):
+            await User.filter(external_id=external).update(name=names[number % len(names)])
+    made = await create(client, **NEWSLETTER)
+    await client.post(f"/v1/campaigns/{made['id']}/send", headers=ADMIN)
+    assert await drain(client) == len(readers) >= 10
+    links = set()
+    for message in outbox(settings):
+        with orm:
+            user = await User.get(email=message["To"].addresses[0].addr_spec)
+        locale = user.locale
+        greeting = (i18n.translate(locale, "email_confirm_greeting", name=user.name)
+                    if user.name else i18n.translate(locale, "email_greeting"))
+        text = message.get_body(("plain",)).get_content().replace("\r\n", "\n")
+        html = message.get_body(("html",)).get_content()
+        assert text.startswith(greeting + "\n")
+        assert f"<p>{markupsafe.escape(greeting)}</p>" in html
+        link = message["List-Unsubscribe"].split("<", 1)[1].split(">", 1)[0]
+        assert f": {link}\n" in text and f'href="{markupsafe.escape(link)}"' in html
+        links.add(link)
+    assert len(links) == len(readers)
 
 
 async def test_audience_filters_select_by_locale_country_and_creation(client, orm, settings):
