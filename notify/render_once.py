@@ -21,6 +21,7 @@ template or a campaign's words: it holds a NUL and a random number drawn per pro
 
 from __future__ import annotations
 
+import copy
 import functools
 import secrets
 import string
@@ -40,8 +41,12 @@ _NONCE = secrets.token_hex(8)
 _MARKERS = tuple(f"\x00{_NONCE}:{index}\x00" for index in range(3))
 #: Nodes whose meaning around a printed value is not plain printing or is not followed
 #: here: a template with any of them is rendered whole for every reader.
-_REFUSED = (nodes.Macro, nodes.CallBlock, nodes.FilterBlock, nodes.EvalContextModifier,
-            nodes.ScopedEvalContextModifier, nodes.Import, nodes.FromImport)
+_REFUSED = (nodes.Macro, nodes.CallBlock, nodes.FilterBlock, nodes.AssignBlock,
+            nodes.EvalContextModifier, nodes.ScopedEvalContextModifier, nodes.Import,
+            nodes.FromImport)
+#: Calls that return rendered output (a block, the parent's block, a recursive loop's
+#: body) as a value: allowed only where that value is printed as it is.
+_RENDERING_CALLS = ("super", "self", "loop")
 #: A batch renders at most this many shared contexts per template shape: deliveries with
 #: contexts of their own (not a campaign's) would each make one, for nothing.
 _PLANS_PER_SHAPE = 4
@@ -90,6 +95,19 @@ def _reader_use(chain: list[nodes.Node], node: nodes.Node,
     return False
 
 
+def _rendering_call_printed(chain: list[nodes.Node], node: nodes.Name) -> bool:
+    """``super()``, ``self.block()`` or a recursive ``loop(...)`` printed as it is; a
+    loop's attributes (``loop.index``) are no rendering."""
+    parent = chain[-1]
+    if isinstance(parent, nodes.Call) and parent.node is node:
+        return _printed(chain[:-1], parent)
+    if isinstance(parent, nodes.Getattr) and node.name == "self":
+        call = chain[-2]
+        return (isinstance(call, nodes.Call) and call.node is parent
+                and _printed(chain[:-2], call))
+    return isinstance(parent, nodes.Getattr) and node.name == "loop"
+
+
 def _sound_tree(tree: nodes.Template, uses: set[tuple[str, str]], parents: set[str]) -> bool:
     def walk(node: nodes.Node, chain: list[nodes.Node]) -> bool:
         if isinstance(node, _REFUSED):
@@ -101,6 +119,8 @@ def _sound_tree(tree: nodes.Template, uses: set[tuple[str, str]], parents: set[s
         if isinstance(node, nodes.Name):
             if node.name in ("name", "footer", "t") and node.ctx != "load":
                 return False  # assigned, a loop's or a macro's own: not the reader's
+            if node.name in _RENDERING_CALLS and not _rendering_call_printed(chain, node):
+                return False
             if node.name == "name" and not _reader_use(chain, node, uses):
                 return False
             if node.name == "footer":
@@ -119,7 +139,15 @@ def _sound_tree(tree: nodes.Template, uses: set[tuple[str, str]], parents: set[s
 @functools.lru_cache(maxsize=256)
 def provable(env: jinja2.Environment, name: str) -> _Proof:
     """Whether template ``name`` (and all it extends or includes) only prints or tests the
-    reader's values; remembered per process, as the templates are (``mail.environment``)."""
+    reader's values; remembered per process, as the templates are (``mail.environment``).
+    A template it cannot read or parse (an include that may be missing, say) is not."""
+    try:
+        return _prove(env, name)
+    except jinja2.TemplateError:
+        return _Proof(False)
+
+
+def _prove(env: jinja2.Environment, name: str) -> _Proof:
     uses: set[tuple[str, str]] = set()
     seen: set[str] = set()
     todo = [name]
@@ -175,14 +203,28 @@ class _Plan:
         label, the postal address."""
         context = email.context
         if (len(context) != len(self.context) or self.postal_address != settings.postal_address
-                or self.footer_label != email.footer.topic_label):
+                or not _same(self.footer_label, email.footer.topic_label)):
             return False
         mine = self.context
-        for key, value in context.items():
-            if key != "name" and (key not in mine or not (mine[key] is value
-                                                        or mine[key] == value)):
-                return False
-        return True
+        return all(key == "name" or (key in mine and _same(mine[key], value))
+                   for key, value in context.items())
+
+
+#: Values that print the same when they are equal and of the same type (1, True and 1.0
+#: are equal; a Markup and a str of the same letters are equal and print differently).
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _same(kept: object, given: object) -> bool:
+    """``given`` prints as ``kept`` does, wherever a template looks: the same type, equal,
+    all the way down; any other type only as the very same object."""
+    if type(kept) is not type(given):
+        return False
+    if isinstance(kept, dict):
+        return kept.keys() == given.keys() and all(_same(kept[k], given[k]) for k in kept)
+    if isinstance(kept, (list, tuple)):
+        return len(kept) == len(given) and all(map(_same, kept, given))
+    return kept == given if isinstance(kept, _PLAIN) else kept is given
 
 
 def _cut(rendered: str) -> tuple[str | int, ...]:
@@ -224,8 +266,8 @@ class Renderings:
         if email.footer is None or "name" not in email.context:
             return None
         values = _values(email)
-        if any(value and not isinstance(value, str) for value in values):
-            return None
+        if not all(value is None or type(value) is str for value in values):
+            return None  # a Markup prints unescaped, a number as itself: rendered whole
         # Empty values are rendered as they are; a non-empty one by its marker.
         shape = tuple(value if not value else True for value in values)
         key = (email.kind, email.locale, shape)
@@ -269,6 +311,8 @@ class Renderings:
             rendered = mail.render(shown, settings)
         except jinja2.TemplateError:
             return None  # rendered whole, the error is reported with the reader's values
-        shared = {key: value for key, value in email.context.items() if key != "name"}
+        # A copy: a value changed in place later must not find this rendering its own.
+        shared = copy.deepcopy({key: value for key, value in email.context.items()
+                                if key != "name"})
         shared["name"] = None
         return _Plan(shared, footer.topic_label, settings.postal_address, rendered)

@@ -156,3 +156,29 @@ def test_build_bytes_refuses_a_line_break_in_a_header(settings):
                          footer=mail.Footer(preferences_url="https://e.com/p"))
     with pytest.raises(ValueError, match="line break"):
         mail.build_bytes(message, settings)
+
+
+@pytest.mark.parametrize("body, encoding", [
+    ("Plain ASCII.\n\nA second paragraph = fine.\n.\n", "7bit"),
+    ("y" * 980, "7bit"),  # the line with its greeting and markup stays under 998
+    ("y" * 1000, "quoted-printable"),  # a line over RFC 5322's 998
+    ("Grüße", "quoted-printable"),
+    ("a lone\rcarriage return", "quoted-printable"),
+    ("a NUL\0 byte", "quoted-printable"),
+    (f"the boundary's own prefix {mail._BOUNDARY_PREFIX}0 in the text", "quoted-printable"),
+])
+def test_a_part_goes_7bit_only_when_it_may_and_reads_back_the_same(settings, body, encoding):
+    message = mail.Email(to="ada@example.com", to_name=None, kind="newsletter", locale="en",
+                         context={"subject": "s", "body": body, "name": None},
+                         footer=mail.Footer(preferences_url="https://e.com/p"))
+    raw = mail.build_bytes(message, settings)
+    parsed = email.message_from_bytes(raw, policy=policy.default)
+    [text, html] = parsed.iter_parts()
+    assert text["Content-Transfer-Encoding"] == encoding
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+    expected_text, expected_html = mail.render(message, settings)[1:]
+    assert text.get_content().replace("\r\n", "\n") == expected_text.replace("\r\n", "\n")
+    assert html.get_content().replace("\r\n", "\n") == expected_html.replace("\r\n", "\n")
+    assert parsed.defects == [] and text.defects == [] and html.defects == []
+    # No boundary inside a body: the multipart has exactly its two parts.
+    assert raw.count(parsed.get_boundary().encode()) == 4  # its header, 3 delimiters

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 import jinja2
+import markupsafe
 import pytest
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
@@ -106,6 +107,17 @@ UNSOUND = {
     "autoescape off": "{% autoescape false %}{{ name }}{% endautoescape %}",
     "text included into HTML": '{% include "kind/part.txt" %}',
     "unknown footer field": "{{ footer.secret }}",
+    # Output captured as a value, then changed (found by review):
+    "set block": "{% set x %}{{ name }}{% endset %}{{ x|upper }}",
+    "set block compared": '{% set x %}{{ name }}{% endset %}{% if x == "Ada" %}1{% endif %}',
+    "a block as a value": "{% block g %}{{ name }}{% endblock %}/{{ self.g()|upper }}",
+    "the parent's block as a value":
+        '{% extends "base.html" %}{% block g %}{{ super()|length }}{% endblock %}',
+    # Not provable, so rendered whole: nothing to read, nothing proven.
+    "an include that may be missing": '{% include "nope.html" ignore missing %}{{ name }}',
+    "a recursive loop as a value": "{% for p in [[1]] recursive %}{{ name }}"
+                                   "{% if p is iterable %}{{ loop(p)|upper }}{% endif %}"
+                                   "{% endfor %}",
 }
 SOUND = {
     "printed": "{{ name }} {{ footer.unsubscribe_url }}",
@@ -114,14 +126,21 @@ SOUND = {
     "translated": '{{ t("email_confirm_greeting", name=name) if name else "-" }}',
     "label anyhow": "{{ footer.topic_label|upper }} {{ footer.topic_label[:3] }}",
     "loop over shared": '{% for p in body.split(",") %}{{ p }}:{{ name }};{% endfor %}',
+    "a block printed again": "{% block g %}{{ name }}{% endblock %}/{{ self.g() }}",
+    "the parent's block printed":
+        '{% extends "base.html" %}{% block g %}{{ super() }}!{% endblock %}',
+    "a loop's attributes": '{% for p in "ab" %}{{ loop.index }}{{ name }}{% endfor %}',
 }
 
 
 def environment_with(html: str) -> jinja2.Environment:
     env = mail.environment()
+    text = html.replace('"kind/part.txt"', '"x"').replace("base.html", "base.txt")
     env.loader = jinja2.DictLoader({
-        "kind/body.html": html, "kind/body.txt": html.replace('"kind/part.txt"', '"x"'),
-        "kind/subject.txt": "{{ body }}", "kind/part.txt": "{{ name }}", "x": "{{ name }}"})
+        "kind/body.html": html, "kind/body.txt": text,
+        "kind/subject.txt": "{{ body }}", "kind/part.txt": "{{ name }}", "x": "{{ name }}",
+        "base.html": "{% block g %}Hi {{ name }}{% endblock %}",
+        "base.txt": "{% block g %}Hi {{ name }}{% endblock %}"})
     return env
 
 
@@ -171,3 +190,45 @@ def test_a_catalog_text_that_formats_the_readers_value_renders_whole(monkeypatch
     expected = mail.render(email_, settings)
     assert mail.render(email_, settings, renderings) == expected
     assert text.format(name="Ada") in expected[1]
+
+
+def test_a_template_that_cannot_be_read_is_unprovable_not_an_error():
+    env = environment_with('{% if false %}{% include "broken.html" %}{% endif %}{{ name }}')
+    env.loader.mapping["broken.html"] = "{% if %}"
+    assert not render_once.provable(env, "kind/body.html").sound
+
+
+@pytest.mark.parametrize("name", [0, False, 0.0, [], {}, 7, markupsafe.Markup("<b>Ada</b>")])
+def test_a_name_that_is_not_a_string_is_rendered_whole(settings, name):
+    email_ = email_for("newsletter", "en", name, "https://x/p", "https://x/u")
+    renderings = render_once.Renderings()
+    assert renderings.render(email_, settings) is None
+    assert mail.render(email_, settings, renderings) == mail.render(email_, settings)
+
+
+@pytest.mark.parametrize("values", [
+    [1, True, 1.0],  # equal, and printed differently
+    ["<i>x</i>", markupsafe.Markup("<i>x</i>")],  # equal, and escaped differently
+    [[1, True], [1, 1]],
+    [{"a": 1}, {"a": 1.0}],
+])
+def test_equal_campaign_values_that_print_differently_share_nothing(monkeypatch, settings,
+                                                                    values):
+    monkeypatch.setattr(mail, "_ENV", environment_with("{{ n }}|{{ name }}"))
+    renderings = render_once.Renderings()
+    for number, value in enumerate(values):
+        email_ = mail.Email(to="a@example.com", to_name=None, kind="kind", locale="en",
+                            context={"n": value, "body": "b", "name": f"R{number}"},
+                            footer=mail.Footer(preferences_url="p", unsubscribe_url="u"))
+        assert mail.render(email_, settings, renderings) == mail.render(email_, settings)
+
+
+def test_a_value_changed_in_place_is_not_the_rendering_it_was(monkeypatch, settings):
+    monkeypatch.setattr(mail, "_ENV", environment_with('{{ parts|join(",") }}|{{ name }}'))
+    renderings, parts = render_once.Renderings(), ["a"]
+    email_ = mail.Email(to="a@example.com", to_name=None, kind="kind", locale="en",
+                        context={"parts": parts, "body": "b", "name": "Ada"},
+                        footer=mail.Footer(preferences_url="p", unsubscribe_url="u"))
+    assert mail.render(email_, settings, renderings)[2] == "a|Ada"
+    parts.append("b")
+    assert mail.render(email_, settings, renderings)[2] == "a,b|Ada"
