@@ -34,7 +34,6 @@ from notify.models import (
     AddressKind,
     Campaign,
     CampaignStatus,
-    Consent,
     Delivery,
     DeliveryStatus,
     PolicyVersion,
@@ -201,7 +200,8 @@ class Postman:
         data = await self.compose(delivery, user, campaign, policy, known.renderings)
         return Envelope(links.verp_address(settings, delivery.id), (user.email,), data)
 
-    async def compose(self, delivery: Delivery, user: User, campaign: Campaign | None = None,
+    async def compose(self, delivery: Delivery, user: User | Reader,
+                      campaign: Campaign | None = None,
                       policy: PolicyVersion | None = None,
                       renderings: render_once.Renderings | None = None) -> bytes:
         """The message bytes of a delivery, exactly as sent (signed when DKIM is set);
@@ -468,6 +468,44 @@ async def _write(rows: list[Delivery]) -> None:
         [[value(field, row) for field in _OUTCOME_FIELDS] + [row.id] for row in rows])
 
 
+@dataclass(slots=True)
+class Reader:
+    """A user as the checks and the messages of a batch read one: the columns they need,
+    as values (making 400 tortoise models a batch cost ~15 µs a message, a tenth of a
+    message's own work). ``handle`` is filled in by ``store.handle_for`` when missing."""
+
+    id: int
+    handle: str | None
+    email: str | None
+    email_verified: bool
+    phone: str | None
+    phone_verified: bool
+    email_hash: str | None
+    phone_hash: str | None
+    country: str | None
+    locale: str
+    time_zone: str | None
+    name: str | None
+    erased_at: object  # only ever tested against None
+
+
+_READER_COLUMNS = ", ".join(Reader.__dataclass_fields__)
+
+
+async def _rows(sql: str, *lists: list) -> list[tuple]:
+    """Rows of ``sql``, whose ``{}`` each take one list: ``= ANY($n)`` on PostgreSQL, an
+    ``IN (?, ...)`` on SQLite."""
+    conn = connections.get("default")
+    if conn.capabilities.dialect == "postgres":
+        sql = sql.format(*(f"= ANY(${n})" for n in range(1, len(lists) + 1)))
+        params = list(lists)
+    else:
+        sql = sql.format(*(f"IN ({', '.join('?' * len(values))})" for values in lists))
+        params = [value for values in lists for value in values]
+    _, rows = await conn.execute_query(sql, params)
+    return [tuple(row) for row in rows]
+
+
 @dataclass
 class Batch:
     """What the eligibility checks of one claimed batch need, read with a handful of
@@ -476,24 +514,29 @@ class Batch:
 
     hash_key: bytes
     kind: AddressKind
-    users: dict[int, User]
+    users: dict[int, Reader]
     states: dict[tuple[int, str], str]  # (user id, topic) -> consent state
     suppressed: set[str]  # address hashes
     campaigns: dict[int | None, Campaign]
     policies: dict[int | None, PolicyVersion]
     #: Templates rendered once for the batch's messages that can share them.
-    renderings: render_once.Renderings = dataclasses.field(default_factory=render_once.Renderings)
+    renderings: render_once.Renderings = dataclasses.field(
+        default_factory=render_once.Renderings)
 
     @classmethod
     async def load(cls, settings: Settings, batch: list[Delivery],
                    kind: AddressKind = AddressKind.EMAIL) -> Batch:
-        user_ids = {d.user_id for d in batch}
-        users = {u.id: u for u in await User.filter(id__in=user_ids)}
-        topics = {d.topic for d in batch if d.topic}
+        user_ids = list({d.user_id for d in batch})
+        users = {row[0]: Reader(*row) for row in await _rows(
+            f"SELECT {_READER_COLUMNS} FROM users WHERE id {{}}", user_ids)}
+        for user in users.values():  # SQLite has no booleans
+            user.email_verified, user.phone_verified = (bool(user.email_verified),
+                                                        bool(user.phone_verified))
+        topics = list({d.topic for d in batch if d.topic})
         states = {}
         if topics:
-            rows = await Consent.filter(user_id__in=user_ids, topic__in=topics).values_list(
-                "user_id", "topic", "state")
+            rows = await _rows("SELECT user_id, topic, state FROM consents "
+                               "WHERE user_id {} AND topic {}", user_ids, topics)
             states = {(user_id, topic): state for user_id, topic, state in rows}
         found = cls(settings.hash_key, kind, users, states, set(), {}, {})
         hashes = {found.address_hash(u) for u in users.values() if found.address(u)}
@@ -509,15 +552,15 @@ class Batch:
         await store.give_handles([u for u in users.values() if u.handle is None])
         return found
 
-    def address(self, user: User) -> str | None:
+    def address(self, user: User | Reader) -> str | None:
         return user.email if self.kind is AddressKind.EMAIL else user.phone
 
-    def address_hash(self, user: User) -> str:
+    def address_hash(self, user: User | Reader) -> str:
         # Kept on the row by store.save_user; computed for a row written some other way.
         kept = user.email_hash if self.kind is AddressKind.EMAIL else user.phone_hash
         return kept or store.address_hash(self.hash_key, self.kind, self.address(user))
 
-    def is_suppressed(self, user: User) -> bool:
+    def is_suppressed(self, user: User | Reader) -> bool:
         return bool(self.address(user)) and self.address_hash(user) in self.suppressed
 
 

@@ -160,7 +160,8 @@ class SmsCourier:
                             provider_ref=receipt.reference, attempts=delivery.attempts + 1,
                             checked_at=checked_at)
 
-    def compose(self, delivery: Delivery, user: User, campaign: Campaign | None = None) -> str:
+    def compose(self, delivery: Delivery, user: User | postman.Reader,
+                campaign: Campaign | None = None) -> str:
         """The text of a delivery, exactly as sent; raises TooLong past sms_max_segments.
 
         A campaign's text is its template with its variables (the delivery adds none)."""
@@ -172,7 +173,7 @@ class SmsCourier:
         texts.check_length(text, self.settings.sms_max_segments)
         return text
 
-    def _skip_reason(self, delivery: Delivery, user: User,
+    def _skip_reason(self, delivery: Delivery, user: postman.Reader,
                      known: postman.Batch) -> eligibility.SkipReason | None:
         settings = self.settings
         topic = settings.topics.get(delivery.topic) if delivery.topic else None
@@ -183,7 +184,8 @@ class SmsCourier:
             state=ConsentState(state) if state else None)
         return eligibility.skip_reason(delivery.kind, delivery.topic, topic, who)
 
-    async def _failed(self, delivery: Delivery, user: User, exc: DeliveryError) -> None:
+    async def _failed(self, delivery: Delivery, user: postman.Reader,
+                      exc: DeliveryError) -> None:
         attempts = delivery.attempts + 1
         now = self.clock()
         pause = postman.retry_pause(self.settings, attempts)
@@ -195,6 +197,7 @@ class SmsCourier:
         log.warning("delivery %s to %s failed: %s", delivery.id, mask(user.phone), exc.detail)
         postman.set_outcome(delivery, DeliveryStatus.FAILED, attempts=attempts,
                             last_error=exc.detail)
-        await actions.apply_error_code(self.settings, user, user.phone, exc.code,
-                                       f"delivery {delivery.id}")
+        # The batch read its users as values; a withdrawal writes through the model.
+        await actions.apply_error_code(self.settings, await User.get_or_none(id=user.id),
+                                       user.phone, exc.code, f"delivery {delivery.id}")
 
