@@ -365,8 +365,6 @@ async def main(users: int, workers: int) -> None:
     ceiling.measure(CEILING_SLICE)
     ceiling.close()
     signatures, sends = ceiling.mean()
-    if os.environ.get("BENCH_SLICES"):
-        print("ceiling slices (signatures/s, sends/s):", [(round(a), round(b)) for a, b in ceiling.samples])
     combined = [_combined(*sample) for sample in ceiling.samples]
     best = _combined(signatures, sends)
     queue: multiprocessing.Queue = multiprocessing.Queue()

@@ -55,6 +55,12 @@ class Sql:
         self.values.append(value)
         return "?" if self.dialect == "sqlite" else f"${len(self.values)}"
 
+    def any_of(self, values: list[Any]) -> str:
+        """``= ANY($n)`` of one array on PostgreSQL, ``IN (?, ...)`` on SQLite."""
+        if self.dialect == "sqlite":
+            return f"IN ({', '.join(self(value) for value in values)})"
+        return f"= ANY({self(values)})"
+
     def time(self, value: datetime) -> str:
         # Tortoise keeps SQLite datetimes as text in str(datetime) form, in UTC: compare
         # alike, so a time given with another offset must become UTC first.

@@ -25,7 +25,7 @@ from tortoise import connections
 from tortoise.expressions import F, Q, Subquery
 from tortoise.transactions import in_transaction
 
-from notify import eligibility, i18n, links, mail, render_once, store
+from notify import audience, eligibility, i18n, links, mail, render_once, store
 from notify.channels import DeliveryError, EmailChannel, Envelope
 from notify.consent import ConsentState
 from notify.db import is_unavailable
@@ -489,21 +489,12 @@ class Reader:
     erased_at: object  # only ever tested against None
 
 
+    def __post_init__(self) -> None:  # SQLite has no booleans
+        self.email_verified = bool(self.email_verified)
+        self.phone_verified = bool(self.phone_verified)
+
+
 _READER_COLUMNS = ", ".join(Reader.__dataclass_fields__)
-
-
-async def _rows(sql: str, *lists: list) -> list[tuple]:
-    """Rows of ``sql``, whose ``{}`` each take one list: ``= ANY($n)`` on PostgreSQL, an
-    ``IN (?, ...)`` on SQLite."""
-    conn = connections.get("default")
-    if conn.capabilities.dialect == "postgres":
-        sql = sql.format(*(f"= ANY(${n})" for n in range(1, len(lists) + 1)))
-        params = list(lists)
-    else:
-        sql = sql.format(*(f"IN ({', '.join('?' * len(values))})" for values in lists))
-        params = [value for values in lists for value in values]
-    _, rows = await conn.execute_query(sql, params)
-    return [tuple(row) for row in rows]
 
 
 @dataclass
@@ -526,18 +517,20 @@ class Batch:
     @classmethod
     async def load(cls, settings: Settings, batch: list[Delivery],
                    kind: AddressKind = AddressKind.EMAIL) -> Batch:
+        conn = connections.get("default")
         user_ids = list({d.user_id for d in batch})
-        users = {row[0]: Reader(*row) for row in await _rows(
-            f"SELECT {_READER_COLUMNS} FROM users WHERE id {{}}", user_ids)}
-        for user in users.values():  # SQLite has no booleans
-            user.email_verified, user.phone_verified = (bool(user.email_verified),
-                                                        bool(user.phone_verified))
+        sql = audience.Sql(conn.capabilities.dialect)
+        _, rows = await conn.execute_query(
+            f"SELECT {_READER_COLUMNS} FROM users WHERE id {sql.any_of(user_ids)}", sql.values)
+        users = {row[0]: Reader(*row) for row in rows}
         topics = list({d.topic for d in batch if d.topic})
         states = {}
         if topics:
-            rows = await _rows("SELECT user_id, topic, state FROM consents "
-                               "WHERE user_id {} AND topic {}", user_ids, topics)
-            states = {(user_id, topic): state for user_id, topic, state in rows}
+            sql = audience.Sql(conn.capabilities.dialect)
+            _, rows = await conn.execute_query(
+                f"SELECT user_id, topic, state FROM consents WHERE user_id "
+                f"{sql.any_of(user_ids)} AND topic {sql.any_of(topics)}", sql.values)
+            states = {(row[0], row[1]): row[2] for row in rows}
         found = cls(settings.hash_key, kind, users, states, set(), {}, {})
         hashes = {found.address_hash(u) for u in users.values() if found.address(u)}
         if hashes:
