@@ -131,8 +131,8 @@ def build(email: Email, settings: Settings) -> EmailMessage:
 # structure of every message is the same (multipart/alternative, a text and an HTML part,
 # each 7bit or quoted-printable), so ``build_bytes`` writes it directly: quoted-printable
 # by binascii (C), encoded words and address headers by the stdlib's own helpers, and
-# header folding at the list separators. tests/test_mail.py holds it to ``build``: both parse to the same
-# headers and parts, for ASCII and non-ASCII names, subjects and bodies.
+# header folding at the list separators. tests/test_mail.py holds it to ``build``: both
+# parse to the same headers and parts, for ASCII and non-ASCII names, subjects and bodies.
 
 _FOLD_AT = 78
 

@@ -1,6 +1,8 @@
 """Email through the real code path to a real SMTP server (aiosmtpd on loopback), and the
 relay's faults: 421 and 451, a connection dropped in mid-DATA, a stall past the timeout,
-550 5.1.1. Nothing is lost or silently dropped."""
+550 5.1.1. Nothing is lost or silently dropped. Every relay test runs twice: with a relay
+that offers PIPELINING (RFC 2920, the channel's own transaction) and one that does not
+(aiosmtplib's command by command)."""
 
 from __future__ import annotations
 
@@ -30,10 +32,15 @@ class Relay:
     faults: list[str] = field(default_factory=list)  # consumed one per DATA
     received: list = field(default_factory=list)
     connections: int = 0
+    pipelining: bool = False  # offer PIPELINING in the EHLO reply
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802
         self.connections += 1
         session.host_name = hostname
+        if self.pipelining:
+            # aiosmtpd reads one command line at a time, so it serves a pipelined client
+            # as RFC 2920 asks (replies in order); it just does not say so.
+            responses.insert(1, "250-PIPELINING")
         return responses
 
     refuse_sender: bool = False
@@ -66,9 +73,9 @@ class Relay:
         return "250 2.0.0 queued as ABC123"
 
 
-@pytest.fixture
-def relay():
-    handler = Relay()
+@pytest.fixture(params=[False, True], ids=["command-by-command", "pipelining"])
+def relay(request):
+    handler = Relay(pipelining=request.param)
     controller = Controller(handler, hostname="127.0.0.1", port=free_port())
     controller.start()
     yield handler, controller.port
@@ -263,8 +270,9 @@ async def test_a_relay_that_is_down_keeps_the_message_queued(database_url, tmp_p
     await channel.close()
 
 
+@pytest.mark.parametrize("pipelining", [False, True], ids=["command-by-command", "pipelining"])
 @pytest.mark.parametrize("mode", ["starttls", "implicit"])
-async def test_tls_and_auth_from_settings(database_url, tmp_path, orm, mode):
+async def test_tls_and_auth_from_settings(database_url, tmp_path, orm, mode, pipelining):
     import ssl
 
     import trustme
@@ -284,7 +292,7 @@ async def test_tls_and_auth_from_settings(database_url, tmp_path, orm, mode):
         logins.append(ok)
         return AuthResult(success=ok, handled=False)
 
-    handler = Relay()
+    handler = Relay(pipelining=pipelining)
     tls = {"ssl_context": server_context} if mode == "implicit" else {
         "tls_context": server_context, "require_starttls": True}
     controller = Controller(handler, hostname="127.0.0.1", port=free_port(),
@@ -299,10 +307,13 @@ async def test_tls_and_auth_from_settings(database_url, tmp_path, orm, mode):
                           NOTIFY_SMTP_PASSWORD="s3cret", NOTIFY_SMTP_CA_FILE=str(ca_file),
                           NOTIFY_POSTAL_ADDRESS="x")
         channel = SmtpEmailChannel(load_settings(environ=env))
-        await channel.send(Envelope("a@example.com", ("b@example.com",),
-                                    b"Subject: hi\r\n\r\nbody\r\n"))
+        for _ in range(2):  # the second on the same connection, still encrypted
+            await channel.send(Envelope("a@example.com", ("b@example.com",),
+                                        b"Subject: hi\r\n\r\nbody\r\n"))
         await channel.close()
-        assert logins == [True] and len(handler.received) == 1
+        # One connection: its EHLOs, the second after STARTTLS.
+        assert logins == [True] and len(handler.received) == 2
+        assert handler.connections == (2 if mode == "starttls" else 1)
 
         wrong = SmtpEmailChannel(load_settings(environ={**env,
                                                         "NOTIFY_SMTP_PASSWORD": "nope"}))
@@ -414,3 +425,159 @@ async def test_an_address_that_cannot_go_on_a_command_line_fails_for_good(
     assert handler.connections == 0
     assert handler.mail_options == [] and handler.received == []
     await channel.close()
+
+
+class ScriptedRelay:
+    """A relay on loopback that reads raw lines and answers as a test scripts it, to see
+    what a PIPELINING client writes and when (aiosmtpd answers each command at once)."""
+
+    def __init__(self, script) -> None:  # noqa: ANN001 - async (reader, writer, relay)
+        self.script = script
+        self.connections = 0
+        self.seen: list[bytes] = []
+        self.served: list[asyncio.Future] = []
+
+    async def __aenter__(self) -> ScriptedRelay:
+        async def serve(reader, writer):  # noqa: ANN001, ANN202
+            self.connections += 1
+            served = asyncio.get_running_loop().create_future()
+            self.served.append(served)
+            writer.write(b"220 scripted ESMTP\r\n")
+            try:
+                assert (await reader.readline()).startswith(b"EHLO")
+                writer.write(b"250-scripted\r\n250-PIPELINING\r\n250 SIZE 1000000\r\n")
+                await self.script(reader, writer, self)
+            except Exception as exc:  # the test sees what the script did not expect
+                served.set_exception(exc)
+            else:
+                served.set_result(None)
+            finally:
+                writer.close()
+
+        self.server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        # Each connection's script to its end (its assertions included), then the server.
+        await asyncio.wait_for(asyncio.gather(*self.served), 5)
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def lines(self, reader, count: int) -> list[bytes]:  # noqa: ANN001
+        lines = [await reader.readline() for _ in range(count)]
+        self.seen.extend(lines)
+        return lines
+
+    async def content(self, reader) -> bytes:  # noqa: ANN001
+        data = await reader.readuntil(b"\r\n.\r\n")
+        self.seen.append(data)
+        return data
+
+
+ENVELOPE_DATA = b"Subject: x\r\n\r\nline one\r\n.dot first\r\nlast"
+
+
+async def test_a_pipelining_relay_gets_mail_rcpt_and_data_before_it_answers_any(
+        database_url, tmp_path, orm):
+    from notify.channels import Envelope
+
+    async def script(reader, writer, relay):  # noqa: ANN001, ANN202
+        for _ in range(2):  # two messages on one connection
+            # Nothing is answered until all three commands are in: a client that waited
+            # for the MAIL reply before writing RCPT would time out here.
+            mail, rcpt, data = await relay.lines(reader, 3)
+            assert (mail.startswith(b"MAIL FROM:<a@example.com>"), rcpt, data) == (
+                True, b"RCPT TO:<b@example.com>\r\n", b"DATA\r\n")
+            writer.write(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go on\r\n")
+            await relay.content(reader)
+            writer.write(b"250-2.0.0 queued\r\n250 2.0.0 as Q1\r\n")  # a multi-line reply
+        await reader.readline()
+
+    async with ScriptedRelay(script) as relay:
+        channel = channel_to(relay.port, database_url, tmp_path / "p1", NOTIFY_SMTP_TIMEOUT="2")
+        for _ in range(2):
+            receipt = await channel.send(Envelope("a@example.com", ("b@example.com",),
+                                                  ENVELOPE_DATA))
+            assert receipt.reference == "2.0.0 queued\n2.0.0 as Q1"
+        await channel.close()
+    assert relay.connections == 1
+    # SIZE on MAIL; the content ended by CRLF, its dot line doubled, then the end.
+    assert relay.seen[0] == b"MAIL FROM:<a@example.com> SIZE=%d\r\n" % len(ENVELOPE_DATA)
+    assert relay.seen[3] == b"Subject: x\r\n\r\nline one\r\n..dot first\r\nlast\r\n.\r\n"
+
+
+@pytest.mark.parametrize("answer, code, temporary, recipient", [
+    # Every recipient refused, yet DATA accepted (RFC 2920 says it should not be): the
+    # content is never sent; the connection is dropped instead.
+    (b"250 ok\r\n550 5.1.1 no such user\r\n354 go on\r\n", 550, False, True),
+    (b"553 5.1.8 bad sender\r\n503 5.5.1 no sender\r\n503 5.5.1 no recipients\r\n", 553,
+     False, False),
+    (b"250 ok\r\n250 ok\r\n451 4.3.0 later\r\n", 451, True, False),
+    (b"250 ok\r\n250 ok\r\nhello there\r\n", None, True, False),  # not SMTP
+])
+async def test_a_pipelined_transaction_that_fails_says_why_and_sends_no_content(
+        database_url, tmp_path, orm, answer, code, temporary, recipient):
+    from notify.channels import DeliveryError, Envelope
+
+    async def script(reader, writer, relay):  # noqa: ANN001, ANN202
+        await relay.lines(reader, 3)
+        writer.write(answer)
+        # Whatever comes next: the client has to hang up without content.
+        relay.seen.append(await reader.read(100))
+
+    async with ScriptedRelay(script) as relay:
+        channel = channel_to(relay.port, database_url, tmp_path / "p2", NOTIFY_SMTP_TIMEOUT="2")
+        with pytest.raises(DeliveryError) as failed:
+            await channel.send(Envelope("a@example.com", ("b@example.com",), ENVELOPE_DATA))
+        await channel.close()
+    assert (failed.value.code, failed.value.temporary, failed.value.recipient) == (
+        code, temporary, recipient)
+    assert relay.seen[-1] == b""  # the connection closed, no content, no dot
+    if code is None:
+        assert "malformed reply from the relay: hello there" in failed.value.detail
+
+
+async def test_a_relay_that_hangs_up_between_messages_costs_nothing(database_url, tmp_path,
+                                                                   orm):
+    """A 421 between messages (the relay shutting down) ends that connection; the next
+    message goes through a new one."""
+    from notify.channels import Envelope
+
+    async def script(reader, writer, relay):  # noqa: ANN001, ANN202
+        await relay.lines(reader, 3)
+        writer.write(b"250 ok\r\n250 ok\r\n354 go on\r\n")
+        await relay.content(reader)
+        writer.write(b"250 2.0.0 queued\r\n")
+        if relay.connections == 1:
+            await asyncio.sleep(0.1)
+            writer.write(b"421 4.3.2 shutting down\r\n")
+            await writer.drain()
+        else:
+            await reader.readline()
+
+    async with ScriptedRelay(script) as relay:
+        channel = channel_to(relay.port, database_url, tmp_path / "p3", NOTIFY_SMTP_TIMEOUT="2")
+        await channel.send(Envelope("a@example.com", ("b@example.com",), ENVELOPE_DATA))
+        await asyncio.sleep(0.3)
+        receipt = await channel.send(Envelope("a@example.com", ("b@example.com",),
+                                              ENVELOPE_DATA))
+        await channel.close()
+    assert receipt.reference == "2.0.0 queued" and relay.connections == 2
+
+
+async def test_a_pipelining_relay_that_stalls_times_out_as_a_temporary_failure(
+        database_url, tmp_path, orm):
+    from notify.channels import DeliveryError, Envelope
+
+    async def script(reader, writer, relay):  # noqa: ANN001, ANN202
+        await relay.lines(reader, 3)
+        writer.write(b"250 ok\r\n250 ok\r\n")  # and never the DATA reply
+        await asyncio.sleep(3)
+
+    async with ScriptedRelay(script) as relay:
+        channel = channel_to(relay.port, database_url, tmp_path / "p4", NOTIFY_SMTP_TIMEOUT="1")
+        with pytest.raises(DeliveryError) as failed:
+            await channel.send(Envelope("a@example.com", ("b@example.com",), ENVELOPE_DATA))
+        await channel.close()
+    assert failed.value.temporary and "timed out" in failed.value.detail
