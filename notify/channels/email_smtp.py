@@ -5,7 +5,8 @@ message opens a fresh one. When the relay offers PIPELINING (RFC 2920; Postfix, 
 the big providers do), a message costs two round trips instead of four: MAIL, RCPT and
 DATA go in one write, the content in the next (``_Pipelined``). The relay's replies are
 classified here and nowhere else (django-anymail style): 4xx, timeouts and dropped
-connections are temporary; 5xx are permanent. Retrying is not this module's business: the postman owns it.
+connections are temporary; 5xx are permanent. Retrying is not this module's business: the
+postman owns it.
 """
 
 from __future__ import annotations
