@@ -84,7 +84,10 @@ ED25519_SELECTOR_SUFFIX = "-ed25519"
 _HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
     "sha256": hashes.SHA256, "sha1": hashes.SHA1}
 
-# DkimSigner._sign_rsa: a message's header as dkimpy's rfc822_parse reads it.
+# DkimSigner._sign_rsa: the signature scheme's objects, stateless, made once; and a
+# message's header as dkimpy's rfc822_parse reads it.
+_PKCS1 = padding.PKCS1v15()
+_PREHASHED_SHA256 = utils.Prehashed(hashes.SHA256())
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _LINE_END = re.compile(rb"\r?\n")
 _FIELD_NAME = re.compile(rb"([\x21-\x7e]+?):")
@@ -118,18 +121,18 @@ def _relaxed_headers(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byt
 
 
 def _select_headers(fields: list[list[bytes]], include: tuple[bytes, ...]) -> list:
-    """dkimpy's ``select_headers``, step for step, with each field's name lowered once
-    rather than once per signed name it is compared with (12 x the header's fields)."""
-    names = [name.lower() for name, _ in fields]
-    chosen, last = [], {}
+    """dkimpy's ``select_headers``: for each signed name, the last field of that name not
+    chosen yet (so a name signed twice takes the last two, bottom up). Its search walks
+    the fields backwards for each of the 12 names; here each field's name is lowered once
+    and the fields of a name are popped from the end of their list."""
+    where: dict[bytes, list[list[bytes]]] = {}
+    for field in fields:
+        where.setdefault(field[0].lower(), []).append(field)
+    chosen = []
     for wanted in include:
-        i = last.get(wanted, len(fields))
-        while i > 0:
-            i -= 1
-            if names[i] == wanted:
-                chosen.append(fields[i])
-                break
-        last[wanted] = i
+        found = where.get(wanted)
+        if found:
+            chosen.append(found.pop())
     return chosen
 
 
@@ -340,8 +343,7 @@ class DkimSigner:
         [(name, value)] = _relaxed_headers(
             [(_SIGNATURE_NAME, b" " + unsigned)])
         digest.update(name + b":" + value.rstrip())
-        signature = self._rsa.sign(digest.digest(), padding.PKCS1v15(),
-                                   utils.Prehashed(hashes.SHA256()))
+        signature = self._rsa.sign(digest.digest(), _PKCS1, _PREHASHED_SHA256)
         tags[-1] = (b"b", base64.b64encode(signature))
         value = dkim.fold(b"; ".join(b"=".join(tag) for tag in tags) + linesep,
                           namelen=len(_SIGNATURE_NAME), linesep=linesep)

@@ -11,10 +11,10 @@ or "not valid", never why, so a forger learns nothing.
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -57,17 +57,10 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-@functools.lru_cache(maxsize=16)
-def _keyed(secret: bytes) -> hmac.HMAC:
-    """HMAC-SHA256 with the key already mixed in, copied for each MAC: a campaign signs
-    five tokens a message, and setting the key up each time was half of each one."""
-    return hmac.new(secret, digestmod=hashlib.sha256)
-
-
 def _hmac(secret: bytes, message: bytes) -> bytes:
-    mac = _keyed(secret).copy()
-    mac.update(message)
-    return mac.digest()
+    # hmac.digest is OpenSSL's one-shot HMAC: a campaign signs five tokens a message, and
+    # this is ~25% faster than copying an hmac.new object with the key mixed in.
+    return hmac.digest(secret, message, hashlib.sha256)
 
 
 def _mac(secret: bytes, kid: str, payload: str) -> str:
@@ -78,13 +71,30 @@ def _mac(secret: bytes, kid: str, payload: str) -> str:
 _compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
+#: What JSON prints as it is, between quotes: handles (token_urlsafe) and topic names are.
+_PLAIN = re.compile(r"[A-Za-z0-9_*-]*").fullmatch
+
+
+def _payload(link: Link, day: int) -> str:
+    """The link's JSON, as ``_compact_json`` writes it. Written by hand when every string
+    is plain and the numbers are ints: the encoder cost a third of a link's token (two
+    links a campaign message); tests/test_tokens.py holds the two equal."""
+    handle, topic, delivery = link.handle, link.topic, link.delivery
+    if (type(handle) is str and type(topic) is str and _PLAIN(handle) and _PLAIN(topic)
+            and type(day) is int
+            and (delivery is None or type(delivery) is int)):
+        tail = "}" if delivery is None else f',"d":{delivery}}}'
+        return f'{{"h":"{handle}","p":"{link.purpose.value}","t":"{topic}","i":{day}{tail}'
+    body = {"h": handle, "p": link.purpose.value, "t": topic, "i": day}
+    if delivery is not None:
+        body["d"] = delivery
+    return _compact_json(body)
+
+
 def sign(link: Link, keys: Sequence[tuple[str, bytes]], now: datetime | None = None) -> str:
     kid, secret = keys[0]
     day = ((now or datetime.now(UTC)) - EPOCH).days
-    body = {"h": link.handle, "p": link.purpose.value, "t": link.topic, "i": day}
-    if link.delivery is not None:
-        body["d"] = link.delivery
-    payload = _b64(_compact_json(body).encode())
+    payload = _b64(_payload(link, day).encode())
     return f"{kid}.{payload}.{_mac(secret, kid, payload)}"
 
 
