@@ -15,6 +15,9 @@ from urllib.parse import urlsplit
 
 import pytest
 from aiosmtpd.controller import Controller
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from support import ADMIN, APP, HASH_KEY, environ_for, free_port
 
 from notify import store
@@ -502,8 +505,9 @@ async def test_a_pipelining_relay_gets_mail_rcpt_and_data_before_it_answers_any(
             assert receipt.reference == "2.0.0 queued\n2.0.0 as Q1"
         await channel.close()
     assert relay.connections == 1
-    # SIZE on MAIL; the content ended by CRLF, its dot line doubled, then the end.
-    assert relay.seen[0] == b"MAIL FROM:<a@example.com> SIZE=%d\r\n" % len(ENVELOPE_DATA)
+    # SIZE on MAIL, as sent (the CRLF it lacked included, RFC 1870); the content ended by
+    # CRLF, its dot line doubled, then the end.
+    assert relay.seen[0] == b"MAIL FROM:<a@example.com> SIZE=%d\r\n" % (len(ENVELOPE_DATA) + 2)
     assert relay.seen[3] == b"Subject: x\r\n\r\nline one\r\n..dot first\r\nlast\r\n.\r\n"
 
 
@@ -581,3 +585,127 @@ async def test_a_pipelining_relay_that_stalls_times_out_as_a_temporary_failure(
             await channel.send(Envelope("a@example.com", ("b@example.com",), ENVELOPE_DATA))
         await channel.close()
     assert failed.value.temporary and "timed out" in failed.value.detail
+
+
+@pytest.mark.parametrize("then", ["hang up", "stall"])
+@pytest.mark.parametrize("answer, code, recipient", [
+    (b"250 ok\r\n550 5.1.1 no such user\r\n", 550, True),
+    (b"554 5.7.1 sender refused\r\n", 554, False),
+])
+async def test_a_refusal_counts_even_when_the_relay_then_hangs_up_or_stalls(
+        database_url, tmp_path, orm, answer, code, recipient, then):
+    """Replies are acted on in order: a 5xx already read is the outcome (permanent, and
+    an unknown mailbox is suppressed by the postman), not the dropped connection after."""
+    from notify.channels import DeliveryError, Envelope
+
+    async def script(reader, writer, relay):  # noqa: ANN001, ANN202
+        await relay.lines(reader, 3)
+        writer.write(answer)
+        await writer.drain()
+        if then == "stall":
+            await asyncio.sleep(2)
+
+    async with ScriptedRelay(script) as relay:
+        channel = channel_to(relay.port, database_url, tmp_path / "p5", NOTIFY_SMTP_TIMEOUT="1")
+        with pytest.raises(DeliveryError) as failed:
+            await channel.send(Envelope("a@example.com", ("b@example.com",), ENVELOPE_DATA))
+        await channel.close()
+    assert (failed.value.code, failed.value.temporary, failed.value.recipient) == (
+        code, False, recipient)
+
+
+async def test_the_timeout_is_per_reply_not_per_transaction(database_url, tmp_path, orm):
+    """A relay that takes 0.6 s over each reply, under a 1 s timeout: each reply is in
+    time, so the message goes (the four together take 2.4 s)."""
+    from notify.channels import Envelope
+
+    async def script(reader, writer, relay):  # noqa: ANN001, ANN202
+        await relay.lines(reader, 3)
+        for reply in (b"250 ok\r\n", b"250 ok\r\n", b"354 go on\r\n"):
+            await asyncio.sleep(0.6)
+            writer.write(reply)
+        await relay.content(reader)
+        await asyncio.sleep(0.6)
+        writer.write(b"250 2.0.0 queued\r\n")
+        await reader.readline()
+
+    async with ScriptedRelay(script) as relay:
+        channel = channel_to(relay.port, database_url, tmp_path / "p6", NOTIFY_SMTP_TIMEOUT="1")
+        receipt = await channel.send(Envelope("a@example.com", ("b@example.com",),
+                                              ENVELOPE_DATA))
+        await channel.close()
+    assert receipt.reference == "2.0.0 queued"
+
+
+async def test_half_a_line_nobody_asked_for_is_never_read_as_the_next_reply(
+        database_url, tmp_path, orm):
+    """The first bytes of an idle-timeout 421 arrive between messages: that connection
+    is not used again (its bytes would read as the next MAIL's reply); the next message
+    goes through a new one."""
+    from notify.channels import Envelope
+
+    async def script(reader, writer, relay):  # noqa: ANN001, ANN202
+        await relay.lines(reader, 3)
+        writer.write(b"250 ok\r\n250 ok\r\n354 go on\r\n")
+        await relay.content(reader)
+        writer.write(b"250 2.0.0 queued\r\n")
+        if relay.connections == 1:
+            await asyncio.sleep(0.1)
+            writer.write(b"421 4.4.2 idle timeo")  # and no more
+            await writer.drain()
+            await reader.read()  # until the client hangs up
+        else:
+            await reader.readline()
+
+    async with ScriptedRelay(script) as relay:
+        channel = channel_to(relay.port, database_url, tmp_path / "p7", NOTIFY_SMTP_TIMEOUT="2")
+        await channel.send(Envelope("a@example.com", ("b@example.com",), ENVELOPE_DATA))
+        await asyncio.sleep(0.3)
+        receipt = await channel.send(Envelope("a@example.com", ("b@example.com",),
+                                              ENVELOPE_DATA))
+        await channel.close()
+    assert receipt.reference == "2.0.0 queued" and relay.connections == 2
+
+
+async def test_a_send_cancelled_while_connecting_leaves_no_connection_open(
+        database_url, tmp_path, orm):
+    from notify.channels import Envelope
+
+    closed = asyncio.Event()
+
+    async def serve(reader, writer):  # noqa: ANN001, ANN202
+        writer.write(b"220 slow ESMTP\r\n")
+        await reader.readline()  # EHLO, never answered
+        await reader.read()  # returns when the client hangs up
+        closed.set()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        channel = channel_to(server.sockets[0].getsockname()[1], database_url, tmp_path / "p8",
+                             NOTIFY_SMTP_TIMEOUT="5")
+        send = asyncio.create_task(channel.send(Envelope("a@example.com", ("b@example.com",),
+                                                         ENVELOPE_DATA)))
+        await asyncio.sleep(0.3)
+        send.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await send
+        await asyncio.wait_for(closed.wait(), 2)  # the relay saw the hang-up
+        await channel.close()
+    finally:
+        server.close()
+
+
+@hypothesis_settings(max_examples=500, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.sampled_from([b"\r\n", b"\n", b"\r", b".", b"..", b" ", b"a", b"\r\r\n\n",
+                                 b"\x00", "ü".encode()]), max_size=30).map(b"".join))
+def test_content_goes_on_the_wire_as_aiosmtplib_would_send_it(data):
+    """The pipelined path's CRLF check and dot-stuffing, against aiosmtplib's own
+    normalisation and stuffing, for any mix of line ends, dots and bytes."""
+    from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+
+    from notify.channels.email_smtp import _crlf, _stuffed
+
+    assert _crlf(data) == normalize_message_line_endings(data)
+    assert _stuffed(_crlf(data)) == PERIOD_REGEX.sub(
+        b"..", normalize_message_line_endings(data)) + b".\r\n"

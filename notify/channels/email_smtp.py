@@ -72,6 +72,7 @@ class SmtpEmailChannel:
             connection = self._idle.pop()
             if connection.is_connected:
                 return connection
+            await _discard(connection)  # closed by the relay, or not to be trusted
         s = self.settings
         connection = aiosmtplib.SMTP(
             hostname=s.smtp_host, port=s.smtp_port, timeout=s.smtp_timeout,
@@ -87,9 +88,12 @@ class SmtpEmailChannel:
                     await connection.helo()
             if s.smtp_username:
                 await connection.login(s.smtp_username, s.smtp_password)
-        except Exception as exc:
+        except BaseException as exc:
+            # Cancelled too (a worker stopping): the socket is not left open.
             await _discard(connection)
-            raise _classify(exc) from exc
+            if isinstance(exc, Exception):
+                raise _classify(exc) from exc
+            raise
         if connection.supports_extension("pipelining") and connection.transport is not None:
             return _Pipelined(connection, s.smtp_timeout)
         return connection
@@ -132,7 +136,9 @@ class _Pipelined(asyncio.Protocol):
 
     @property
     def is_connected(self) -> bool:
-        return not self._lost and not self.transport.is_closing()
+        # Bytes nobody asked for (the start of a 421 before an idle hang-up, say) would be
+        # read as the next MAIL's reply: such a connection is not used again.
+        return not self._lost and not self._buffer and not self.transport.is_closing()
 
     def supports_extension(self, name: str) -> bool:
         return name.lower() in self.extensions
@@ -187,16 +193,19 @@ class _Pipelined(asyncio.Protocol):
                 waiter.exception()  # retrieved: nobody may await it any more
         self.transport.close()
 
-    async def _replies(self, count: int) -> list[SMTPResponse]:
-        """The replies to the ``count`` commands just written, in order."""
+    def _expect(self, count: int) -> list[asyncio.Future[SMTPResponse]]:
+        """Waiters for the replies to the ``count`` commands just written, in order."""
         loop = asyncio.get_running_loop()
         waiters = [loop.create_future() for _ in range(count)]
         self._waiting.extend(waiters)
-        if self._buffer:
-            self.data_received(b"")
+        return waiters
+
+    async def _reply_to(self, waiter: asyncio.Future[SMTPResponse]) -> SMTPResponse:
+        """One reply, within the timeout (per reply, as aiosmtplib and RFC 5321 §4.5.3.2
+        count it: a relay that takes its time over each recipient is not cut short)."""
         try:
             async with asyncio.timeout(self.timeout):
-                return [await waiter for waiter in waiters]
+                return await waiter
         except TimeoutError:
             self._fail(aiosmtplib.SMTPReadTimeoutError("timed out waiting for the relay"))
             raise aiosmtplib.SMTPReadTimeoutError("timed out waiting for the relay") from None
@@ -207,51 +216,64 @@ class _Pipelined(asyncio.Protocol):
         self.transport.write(data)
 
     async def transaction(self, envelope: Envelope, sender: bytes, recipients: list[bytes],
-                          options: list[bytes]) -> str:
-        if self._lost:
-            raise aiosmtplib.SMTPServerDisconnected("connection lost")
+                          options: list[bytes], content: bytes) -> str:
         commands = [b" ".join([b"MAIL FROM:" + sender, *options])]
         commands += [b"RCPT TO:" + quoted for quoted in recipients]
         self._write(b"\r\n".join([*commands, b"DATA", b""]))
-        mail, *rcpts, data = await self._replies(len(commands) + 1)
-        # A refused MAIL or every RCPT refused: the relay refuses DATA too (RFC 2920 §3.1);
-        # should it accept it anyway, the connection is dropped (send) before any content,
-        # so nothing is delivered.
-        if mail.code != SMTPStatus.completed:
-            raise aiosmtplib.SMTPSenderRefused(mail.code, mail.message, envelope.mail_from)
-        refused = [aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, address)
-                   for reply, address in zip(rcpts, envelope.rcpt_to, strict=True)
-                   if reply.code not in (SMTPStatus.completed, SMTPStatus.will_forward)]
+        mail, *rcpts, data = self._expect(len(commands) + 1)
+        # Each reply is read, and acted on, in order: a refusal counts even when the relay
+        # then hangs up or stalls before answering the rest (the waiters left behind are
+        # failed with the connection, which send discards).
+        reply = await self._reply_to(mail)
+        if reply.code != SMTPStatus.completed:
+            raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, envelope.mail_from)
+        refused = []
+        for waiter, address in zip(rcpts, envelope.rcpt_to, strict=True):
+            reply = await self._reply_to(waiter)
+            if reply.code not in (SMTPStatus.completed, SMTPStatus.will_forward):
+                refused.append(aiosmtplib.SMTPRecipientRefused(reply.code, reply.message,
+                                                               address))
         if len(refused) == len(recipients):
+            # The relay refuses DATA too (RFC 2920 §3.1); should it accept it anyway, the
+            # connection is dropped (send) before any content, so nothing is delivered.
             raise aiosmtplib.SMTPRecipientsRefused(refused)
-        if data.code != SMTPStatus.start_input:
-            raise aiosmtplib.SMTPDataError(data.code, data.message)
-        self._write(_content(envelope.data))
-        [done] = await self._replies(1)
-        if done.code != SMTPStatus.completed:
-            raise aiosmtplib.SMTPDataError(done.code, done.message)
-        return done.message
+        reply = await self._reply_to(data)
+        if reply.code != SMTPStatus.start_input:
+            raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+        self._write(_stuffed(content))
+        [done] = self._expect(1)
+        reply = await self._reply_to(done)
+        if reply.code != SMTPStatus.completed:
+            raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+        return reply.message
 
     async def quit(self) -> None:
         with contextlib.suppress(Exception):
             self._write(b"QUIT\r\n")
-            await self._replies(1)
+            await self._reply_to(self._expect(1)[0])
 
     def close(self) -> None:
         self._lost = True
         self.transport.close()
+        self.smtp.close()  # aiosmtplib's side of it: its state and lock, nothing to send
 
 
-def _content(data: bytes) -> bytes:
-    """The message as DATA sends it: CRLF line ends, a CRLF at its end, lines that start
-    with a dot doubled (RFC 5321 §4.5.2), then the lone dot. aiosmtplib's own functions,
-    skipped when the three counts say the line ends already are CRLF (build_bytes's are)."""
-    if not (data.count(b"\r") == data.count(b"\n") == data.count(b"\r\n")
+def _crlf(data: bytes) -> bytes:
+    """The message with CRLF line ends and a CRLF at its end, as DATA carries it
+    (aiosmtplib's own function), skipped when three counts say it already is so
+    (build_bytes's messages are)."""
+    if (data.count(b"\r") == data.count(b"\n") == data.count(b"\r\n")
             and data.endswith(b"\r\n")):
-        data = normalize_message_line_endings(data)
-    if data.startswith(b".") or b"\n." in data:
-        data = PERIOD_REGEX.sub(b"..", data)
-    return data + b".\r\n"
+        return data
+    return normalize_message_line_endings(data)
+
+
+def _stuffed(content: bytes) -> bytes:
+    """CRLF content as DATA sends it: lines that start with a dot doubled (RFC 5321
+    §4.5.2, aiosmtplib's pattern), then the lone dot."""
+    if content.startswith(b".") or b"\n." in content:
+        content = PERIOD_REGEX.sub(b"..", content)
+    return content + b".\r\n"
 
 
 async def _transaction(connection: aiosmtplib.SMTP | _Pipelined, envelope: Envelope,
@@ -264,14 +286,11 @@ async def _transaction(connection: aiosmtplib.SMTP | _Pipelined, envelope: Envel
     command line is refused before (``_mailbox``), as aiosmtplib refuses it. The
     connection is discarded after any error (``send``), so no RSET is needed.
     """
-    data = envelope.data
-    options = []
-    if connection.supports_extension("size"):
-        # RFC 1870: the size as sent, line ends as CRLF (ours already are).
-        size = len(data) + data.count(b"\n") - data.count(b"\r\n")
-        options.append(b"SIZE=%d" % size)
+    data = _crlf(envelope.data)
+    # RFC 1870: the size as sent, without the dots SMTP adds.
+    options = [b"SIZE=%d" % len(data)] if connection.supports_extension("size") else []
     if isinstance(connection, _Pipelined):
-        return await connection.transaction(envelope, sender, recipients, options)
+        return await connection.transaction(envelope, sender, recipients, options, data)
     reply = await connection.execute_command(b"MAIL", b"FROM:" + sender, *options)
     if reply.code != SMTPStatus.completed:
         raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, envelope.mail_from)
