@@ -90,7 +90,9 @@ _PKCS1 = padding.PKCS1v15()
 _PREHASHED_SHA256 = utils.Prehashed(hashes.SHA256())
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _LINE_END = re.compile(rb"\r?\n")
-_FIELD_NAME = re.compile(rb"([\x21-\x7e]+?):")
+#: A field name is what comes before the first colon, made of these (dkimpy's
+#: ``([\x21-\x7e]+?):``): deleting them from a name leaves nothing.
+_NAME_CHARS = bytes(range(0x21, 0x7F))
 _SIGNATURE_NAME = b"DKIM-Signature"
 # Relaxed canonicalisation (RFC 6376 §3.4.2, §3.4.4) with what dkimpy's Relaxed does, but
 # by bytes.replace instead of re.sub: on a 5 KB body the three patterns cost ~0.15 ms,
@@ -118,6 +120,17 @@ def _relaxed_headers(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byt
     return [(name.lower().rstrip(),
              _compress(value.replace(b"\r\n", b"").replace(b"\n", b"")).strip() + b"\r\n")
             for name, value in fields]
+
+
+def _relaxed_block(fields: list[list[bytes]]) -> bytes:
+    """``name:value`` of each of ``_relaxed_headers(fields)``, joined: the signed fields
+    as they are hashed. Each value is unfolded and stripped, then the whole block is
+    compressed at once (runs of whitespace cannot cross a field's CRLF, and stripping and
+    compressing commute); one pass instead of one per field."""
+    return _compress(b"".join([
+        name.lower().rstrip() + b":"
+        + value.replace(b"\r\n", b"").replace(b"\n", b"").strip() + b"\r\n"
+        for name, value in fields]))
 
 
 def _select_headers(fields: list[list[bytes]], include: tuple[bytes, ...]) -> list:
@@ -308,17 +321,23 @@ class DkimSigner:
         end = _HEADER_END.search(message)
         if end is None or end.start() == 0:
             return None
+        head = message[:end.start()]
         fields: list[list[bytes]] = []
-        for line in _LINE_END.split(message[:end.start()]):
+        # Split as _LINE_END splits, by bytes.split when every LF has its CR (ours do).
+        for line in (head.split(b"\r\n") if head.count(b"\n") == head.count(b"\r\n")
+                     else _LINE_END.split(head)):
             if line[:1] in (b" ", b"\t"):
                 if not fields:
                     return None
                 fields[-1][1] += line + b"\r\n"
-            elif (name := _FIELD_NAME.match(line)) is not None:
-                fields.append([name.group(1), line[name.end():] + b"\r\n"])
-            else:
+                continue
+            name, colon, value = line.partition(b":")
+            if not colon or not name or name.translate(None, _NAME_CHARS):
                 return None  # "From " lines, stray text: dkimpy's rules and errors
-        if not any(name.lower() == b"from" for name, _ in fields):
+            fields.append([name, value + b"\r\n"])
+        chosen = _select_headers(fields, SIGNED_HEADERS)
+        # From is signed first: the first field chosen is a From, or there is none.
+        if not chosen or chosen[0][0].lower() != SIGNED_HEADERS[0]:
             raise dkim.ParameterError("the message has no From header to sign")
         body = message[end.end():]
         if body.count(b"\n") != body.count(b"\r\n"):
@@ -336,10 +355,7 @@ class DkimSigner:
         head, tag, placeholder = unsigned.rpartition(b"b=")
         unsigned = (head + tag if placeholder == b"0" * 60
                     else dkim.RE_BTAG.sub(b"\\1", unsigned))
-        digest = hashlib.sha256()
-        chosen = _select_headers(fields, SIGNED_HEADERS)
-        for name, value in _relaxed_headers(chosen):
-            digest.update(name + b":" + value)
+        digest = hashlib.sha256(_relaxed_block(chosen))
         [(name, value)] = _relaxed_headers(
             [(_SIGNATURE_NAME, b" " + unsigned)])
         digest.update(name + b":" + value.rstrip())
