@@ -285,3 +285,106 @@ def test_preview_names_the_file_of_a_broken_sms_template(monkeypatch, tmp_path, 
         loader=jinja2.FileSystemLoader(broken), undefined=jinja2.StrictUndefined))
     assert main(["preview", "notification", "--channel", "sms"]) == 1
     assert "notification.txt.j2:1" in capsys.readouterr().err
+
+
+async def _paced_courier(app_client, rate: int, texts_due: int):
+    """A courier under NOTIFY_SMS_RATE with ``texts_due`` texts for bob, at noon in his
+    zone (no quiet hours), and a record of the outbox's claims and outcome writes."""
+    import dataclasses
+
+    _, settings = app_client
+    settings = dataclasses.replace(settings, sms_rate=rate)
+    clock = Clock(datetime(2025, 1, 15, 12, 0, tzinfo=NEW_YORK))
+    courier = SmsCourier(settings, LogSmsChannel(settings), clock=clock)
+    user = await User.get(external_id="bob")
+    for n in range(texts_due):
+        await courier.enqueue(user, "notification", topic="sms_notifications",
+                              context={"body": f"Text number {n}."})
+    return courier, settings
+
+
+def _spy_on_the_outbox(monkeypatch) -> list[tuple[str, int]]:
+    from notify import postman
+
+    events: list[tuple[str, int]] = []
+    claim, record = postman.claim, postman.record_outcomes
+
+    async def claiming(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        rows = await claim(*args, **kwargs)
+        events.append(("claim", len(rows)))
+        return rows
+
+    async def recording(batch):  # noqa: ANN001, ANN202
+        events.append(("record", len(batch)))
+        await record(batch)
+
+    monkeypatch.setattr(postman, "claim", claiming)
+    monkeypatch.setattr(postman, "record_outcomes", recording)
+    return events
+
+
+def _finishing_batches() -> list:
+    import asyncio
+
+    return [task for task in asyncio.all_tasks()
+            if "finish_batch" in repr(task.get_coro()) and not task.done()]
+
+
+async def test_under_a_rate_the_next_batch_is_claimed_while_the_last_is_paced(app_client,
+                                                                           monkeypatch):
+    """No idle rate between batches: the second batch is claimed (and checked) while the
+    first one's texts are still being paced, before the first's outcomes are written;
+    every text goes once and every outcome is written."""
+    courier, settings = await _paced_courier(app_client, rate=200, texts_due=120)
+    events = _spy_on_the_outbox(monkeypatch)
+    assert await courier.deliver_due() == 120
+    assert events[:3] == [("claim", 50), ("claim", 50), ("record", 50)]
+    assert sorted(events) == sorted([("claim", 50), ("claim", 50), ("claim", 20),
+                                     ("claim", 0), ("record", 50), ("record", 50),
+                                     ("record", 20)])
+    bodies = [entry["body"] for entry in logged(settings)]
+    assert len(bodies) == len(set(bodies)) == 120
+    assert await Delivery.filter(status=DeliveryStatus.SENT).count() == 120
+    assert not _finishing_batches()
+
+
+async def test_a_paced_batch_that_fails_lets_the_other_finish(app_client, monkeypatch):
+    """An unexpected error in the first batch's sends: the second batch, already under
+    way, still sends and records its outcomes; the error is raised after, and the failing
+    text keeps its claim (taken over later), nothing left running."""
+    courier, settings = await _paced_courier(app_client, rate=200, texts_due=120)
+    send = courier.channel.send
+
+    async def broken(message):  # noqa: ANN001, ANN202
+        if "number 10." in message.body:
+            raise RuntimeError("a bug in the channel")
+        return await send(message)
+
+    monkeypatch.setattr(courier.channel, "send", broken)
+    with pytest.raises(RuntimeError, match="a bug in the channel"):
+        await courier.deliver_due()
+    counts = {status: await Delivery.filter(status=status).count()
+              for status in ("sent", "sending", "queued")}
+    assert counts == {"sent": 99, "sending": 1, "queued": 20}
+    assert len(logged(settings)) == 99
+    assert not _finishing_batches()
+
+
+async def test_a_paced_pass_cut_off_records_every_text_it_handed_over(app_client):
+    """The sender's stop cuts a pass off mid-batch: both batches in flight write the
+    outcomes of what they handed over; the rest keep their claims (taken over when the
+    lease runs out) or stay queued. Nothing sent goes unrecorded, nothing is left
+    running."""
+    import asyncio
+
+    courier, settings = await _paced_courier(app_client, rate=100, texts_due=150)
+    task = asyncio.create_task(courier.deliver_due())
+    await asyncio.sleep(0.8)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    handed_over = len(logged(settings))
+    assert 0 < handed_over < 150
+    assert await Delivery.filter(status=DeliveryStatus.SENT).count() == handed_over
+    assert await Delivery.filter(status__in=["sent", "sending", "queued"]).count() == 150
+    assert not _finishing_batches()
