@@ -126,7 +126,8 @@ def _relaxed_block(fields: list[list[bytes]]) -> bytes:
     """``name:value`` of each of ``_relaxed_headers(fields)``, joined: the signed fields
     as they are hashed. Each value is unfolded and stripped, then the whole block is
     compressed at once (runs of whitespace cannot cross a field's CRLF, and stripping and
-    compressing commute); one pass instead of one per field."""
+    compressing commute); one pass instead of one per field. Names are compressed too:
+    only names without whitespace may come here (``_sign_rsa`` takes only \x21-\x7e)."""
     return _compress(b"".join([
         name.lower().rstrip() + b":"
         + value.replace(b"\r\n", b"").replace(b"\n", b"").strip() + b"\r\n"

@@ -78,7 +78,7 @@ _PLAIN = re.compile(r"[A-Za-z0-9_*-]*").fullmatch
 def _payload(link: Link, day: int) -> str:
     """The link's JSON, as ``_compact_json`` writes it. Written by hand when every string
     is plain and the numbers are ints: the encoder cost a third of a link's token (two
-    links a campaign message); tests/test_tokens.py holds the two equal."""
+    links a campaign message); tests/test_token_properties.py holds the two equal."""
     handle, topic, delivery = link.handle, link.topic, link.delivery
     if (type(handle) is str and type(topic) is str and _PLAIN(handle) and _PLAIN(topic)
             and type(day) is int
