@@ -522,7 +522,6 @@ async def test_a_pipelining_relay_gets_mail_rcpt_and_data_before_it_answers_any(
 ])
 async def test_a_pipelined_transaction_that_fails_says_why_and_sends_no_content(
         database_url, tmp_path, orm, answer, code, temporary, recipient):
-    from notify.channels import DeliveryError, Envelope
 
     async def script(reader, writer, relay):  # noqa: ANN001, ANN202
         await relay.lines(reader, 3)
@@ -530,22 +529,32 @@ async def test_a_pipelined_transaction_that_fails_says_why_and_sends_no_content(
         # Whatever comes next: the client has to hang up without content.
         relay.seen.append(await reader.read(100))
 
+    failed, relay = await _refused(script, database_url, tmp_path / "p2", reply_timeout="2")
+    assert (failed.code, failed.temporary, failed.recipient) == (code, temporary, recipient)
+    assert relay.seen[-1] == b""  # the connection closed, no content, no dot
+    if code is None:
+        assert "malformed reply from the relay: hello there" in failed.detail
+
+
+async def _refused(script, database_url, data_dir, reply_timeout: str):  # noqa: ANN001, ANN202
+    """One message through a scripted relay that refuses it: the DeliveryError, the relay."""
+    from notify.channels import DeliveryError, Envelope
+
     async with ScriptedRelay(script) as relay:
-        channel = channel_to(relay.port, database_url, tmp_path / "p2", NOTIFY_SMTP_TIMEOUT="2")
+        channel = channel_to(relay.port, database_url, data_dir, NOTIFY_SMTP_TIMEOUT=reply_timeout)
         with pytest.raises(DeliveryError) as failed:
             await channel.send(Envelope("a@example.com", ("b@example.com",), ENVELOPE_DATA))
         await channel.close()
-    assert (failed.value.code, failed.value.temporary, failed.value.recipient) == (
-        code, temporary, recipient)
-    assert relay.seen[-1] == b""  # the connection closed, no content, no dot
-    if code is None:
-        assert "malformed reply from the relay: hello there" in failed.value.detail
+    return failed.value, relay
 
 
-async def test_a_relay_that_hangs_up_between_messages_costs_nothing(database_url, tmp_path,
-                                                                   orm):
-    """A 421 between messages (the relay shutting down) ends that connection; the next
-    message goes through a new one."""
+@pytest.mark.parametrize("goodbye", [b"421 4.3.2 shutting down\r\n", b"421 4.4.2 idle timeo"],
+                         ids=["a 421", "half a line"])
+async def test_bytes_between_messages_end_that_connection_and_cost_nothing(
+        database_url, tmp_path, orm, goodbye):
+    """A 421 between messages (the relay shutting down), or only its first bytes: that
+    connection is not used again (half a line would read as the next MAIL's reply); the
+    next message goes through a new one."""
     from notify.channels import Envelope
 
     async def script(reader, writer, relay):  # noqa: ANN001, ANN202
@@ -555,8 +564,9 @@ async def test_a_relay_that_hangs_up_between_messages_costs_nothing(database_url
         writer.write(b"250 2.0.0 queued\r\n")
         if relay.connections == 1:
             await asyncio.sleep(0.1)
-            writer.write(b"421 4.3.2 shutting down\r\n")
+            writer.write(goodbye)
             await writer.drain()
+            await reader.read()  # until the client hangs up
         else:
             await reader.readline()
 
@@ -596,7 +606,6 @@ async def test_a_refusal_counts_even_when_the_relay_then_hangs_up_or_stalls(
         database_url, tmp_path, orm, answer, code, recipient, then):
     """Replies are acted on in order: a 5xx already read is the outcome (permanent, and
     an unknown mailbox is suppressed by the postman), not the dropped connection after."""
-    from notify.channels import DeliveryError, Envelope
 
     async def script(reader, writer, relay):  # noqa: ANN001, ANN202
         await relay.lines(reader, 3)
@@ -605,13 +614,8 @@ async def test_a_refusal_counts_even_when_the_relay_then_hangs_up_or_stalls(
         if then == "stall":
             await asyncio.sleep(2)
 
-    async with ScriptedRelay(script) as relay:
-        channel = channel_to(relay.port, database_url, tmp_path / "p5", NOTIFY_SMTP_TIMEOUT="1")
-        with pytest.raises(DeliveryError) as failed:
-            await channel.send(Envelope("a@example.com", ("b@example.com",), ENVELOPE_DATA))
-        await channel.close()
-    assert (failed.value.code, failed.value.temporary, failed.value.recipient) == (
-        code, False, recipient)
+    failed, _ = await _refused(script, database_url, tmp_path / "p5", reply_timeout="1")
+    assert (failed.code, failed.temporary, failed.recipient) == (code, False, recipient)
 
 
 async def test_the_timeout_is_per_reply_not_per_transaction(database_url, tmp_path, orm):
@@ -635,36 +639,6 @@ async def test_the_timeout_is_per_reply_not_per_transaction(database_url, tmp_pa
                                               ENVELOPE_DATA))
         await channel.close()
     assert receipt.reference == "2.0.0 queued"
-
-
-async def test_half_a_line_nobody_asked_for_is_never_read_as_the_next_reply(
-        database_url, tmp_path, orm):
-    """The first bytes of an idle-timeout 421 arrive between messages: that connection
-    is not used again (its bytes would read as the next MAIL's reply); the next message
-    goes through a new one."""
-    from notify.channels import Envelope
-
-    async def script(reader, writer, relay):  # noqa: ANN001, ANN202
-        await relay.lines(reader, 3)
-        writer.write(b"250 ok\r\n250 ok\r\n354 go on\r\n")
-        await relay.content(reader)
-        writer.write(b"250 2.0.0 queued\r\n")
-        if relay.connections == 1:
-            await asyncio.sleep(0.1)
-            writer.write(b"421 4.4.2 idle timeo")  # and no more
-            await writer.drain()
-            await reader.read()  # until the client hangs up
-        else:
-            await reader.readline()
-
-    async with ScriptedRelay(script) as relay:
-        channel = channel_to(relay.port, database_url, tmp_path / "p7", NOTIFY_SMTP_TIMEOUT="2")
-        await channel.send(Envelope("a@example.com", ("b@example.com",), ENVELOPE_DATA))
-        await asyncio.sleep(0.3)
-        receipt = await channel.send(Envelope("a@example.com", ("b@example.com",),
-                                              ENVELOPE_DATA))
-        await channel.close()
-    assert receipt.reference == "2.0.0 queued" and relay.connections == 2
 
 
 async def test_a_send_cancelled_while_connecting_leaves_no_connection_open(
