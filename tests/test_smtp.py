@@ -430,6 +430,11 @@ async def test_an_address_that_cannot_go_on_a_command_line_fails_for_good(
     await channel.close()
 
 
+#: The scripted relay's tests use the channel alone: its settings need a database URL,
+#: but nothing connects to one.
+NO_DATABASE = "sqlite://:memory:"
+
+
 class ScriptedRelay:
     """A relay on loopback that reads raw lines and answers as a test scripts it, to see
     what a PIPELINING client writes and when (aiosmtpd answers each command at once)."""
@@ -482,7 +487,7 @@ ENVELOPE_DATA = b"Subject: x\r\n\r\nline one\r\n.dot first\r\nlast"
 
 
 async def test_a_pipelining_relay_gets_mail_rcpt_and_data_before_it_answers_any(
-        database_url, tmp_path, orm):
+        tmp_path):
     from notify.channels import Envelope
 
     async def script(reader, writer, relay):  # noqa: ANN001, ANN202
@@ -498,7 +503,7 @@ async def test_a_pipelining_relay_gets_mail_rcpt_and_data_before_it_answers_any(
         await reader.readline()
 
     async with ScriptedRelay(script) as relay:
-        channel = channel_to(relay.port, database_url, tmp_path / "p1", NOTIFY_SMTP_TIMEOUT="2")
+        channel = channel_to(relay.port, NO_DATABASE, tmp_path / "p1", NOTIFY_SMTP_TIMEOUT="2")
         for _ in range(2):
             receipt = await channel.send(Envelope("a@example.com", ("b@example.com",),
                                                   ENVELOPE_DATA))
@@ -521,7 +526,7 @@ async def test_a_pipelining_relay_gets_mail_rcpt_and_data_before_it_answers_any(
     (b"250 ok\r\n250 ok\r\nhello there\r\n", None, True, False),  # not SMTP
 ])
 async def test_a_pipelined_transaction_that_fails_says_why_and_sends_no_content(
-        database_url, tmp_path, orm, answer, code, temporary, recipient):
+        tmp_path, answer, code, temporary, recipient):
 
     async def script(reader, writer, relay):  # noqa: ANN001, ANN202
         await relay.lines(reader, 3)
@@ -529,19 +534,19 @@ async def test_a_pipelined_transaction_that_fails_says_why_and_sends_no_content(
         # Whatever comes next: the client has to hang up without content.
         relay.seen.append(await reader.read(100))
 
-    failed, relay = await _refused(script, database_url, tmp_path / "p2", reply_timeout="2")
+    failed, relay = await _refused(script, tmp_path / "p2", reply_timeout="2")
     assert (failed.code, failed.temporary, failed.recipient) == (code, temporary, recipient)
     assert relay.seen[-1] == b""  # the connection closed, no content, no dot
     if code is None:
         assert "malformed reply from the relay: hello there" in failed.detail
 
 
-async def _refused(script, database_url, data_dir, reply_timeout: str):  # noqa: ANN001, ANN202
+async def _refused(script, data_dir, reply_timeout: str):  # noqa: ANN001, ANN202
     """One message through a scripted relay that refuses it: the DeliveryError, the relay."""
     from notify.channels import DeliveryError, Envelope
 
     async with ScriptedRelay(script) as relay:
-        channel = channel_to(relay.port, database_url, data_dir, NOTIFY_SMTP_TIMEOUT=reply_timeout)
+        channel = channel_to(relay.port, NO_DATABASE, data_dir, NOTIFY_SMTP_TIMEOUT=reply_timeout)
         with pytest.raises(DeliveryError) as failed:
             await channel.send(Envelope("a@example.com", ("b@example.com",), ENVELOPE_DATA))
         await channel.close()
@@ -551,7 +556,7 @@ async def _refused(script, database_url, data_dir, reply_timeout: str):  # noqa:
 @pytest.mark.parametrize("goodbye", [b"421 4.3.2 shutting down\r\n", b"421 4.4.2 idle timeo"],
                          ids=["a 421", "half a line"])
 async def test_bytes_between_messages_end_that_connection_and_cost_nothing(
-        database_url, tmp_path, orm, goodbye):
+        tmp_path, goodbye):
     """A 421 between messages (the relay shutting down), or only its first bytes: that
     connection is not used again (half a line would read as the next MAIL's reply); the
     next message goes through a new one."""
@@ -571,7 +576,7 @@ async def test_bytes_between_messages_end_that_connection_and_cost_nothing(
             await reader.readline()
 
     async with ScriptedRelay(script) as relay:
-        channel = channel_to(relay.port, database_url, tmp_path / "p3", NOTIFY_SMTP_TIMEOUT="2")
+        channel = channel_to(relay.port, NO_DATABASE, tmp_path / "p3", NOTIFY_SMTP_TIMEOUT="2")
         await channel.send(Envelope("a@example.com", ("b@example.com",), ENVELOPE_DATA))
         await asyncio.sleep(0.3)
         receipt = await channel.send(Envelope("a@example.com", ("b@example.com",),
@@ -581,7 +586,7 @@ async def test_bytes_between_messages_end_that_connection_and_cost_nothing(
 
 
 async def test_a_pipelining_relay_that_stalls_times_out_as_a_temporary_failure(
-        database_url, tmp_path, orm):
+        tmp_path):
     from notify.channels import DeliveryError, Envelope
 
     async def script(reader, writer, relay):  # noqa: ANN001, ANN202
@@ -590,7 +595,7 @@ async def test_a_pipelining_relay_that_stalls_times_out_as_a_temporary_failure(
         await asyncio.sleep(3)
 
     async with ScriptedRelay(script) as relay:
-        channel = channel_to(relay.port, database_url, tmp_path / "p4", NOTIFY_SMTP_TIMEOUT="1")
+        channel = channel_to(relay.port, NO_DATABASE, tmp_path / "p4", NOTIFY_SMTP_TIMEOUT="1")
         with pytest.raises(DeliveryError) as failed:
             await channel.send(Envelope("a@example.com", ("b@example.com",), ENVELOPE_DATA))
         await channel.close()
@@ -603,7 +608,7 @@ async def test_a_pipelining_relay_that_stalls_times_out_as_a_temporary_failure(
     (b"554 5.7.1 sender refused\r\n", 554, False),
 ])
 async def test_a_refusal_counts_even_when_the_relay_then_hangs_up_or_stalls(
-        database_url, tmp_path, orm, answer, code, recipient, then):
+        tmp_path, answer, code, recipient, then):
     """Replies are acted on in order: a 5xx already read is the outcome (permanent, and
     an unknown mailbox is suppressed by the postman), not the dropped connection after."""
 
@@ -614,11 +619,11 @@ async def test_a_refusal_counts_even_when_the_relay_then_hangs_up_or_stalls(
         if then == "stall":
             await asyncio.sleep(2)
 
-    failed, _ = await _refused(script, database_url, tmp_path / "p5", reply_timeout="1")
+    failed, _ = await _refused(script, tmp_path / "p5", reply_timeout="1")
     assert (failed.code, failed.temporary, failed.recipient) == (code, False, recipient)
 
 
-async def test_the_timeout_is_per_reply_not_per_transaction(database_url, tmp_path, orm):
+async def test_the_timeout_is_per_reply_not_per_transaction(tmp_path):
     """A relay that takes 0.6 s over each reply, under a 1 s timeout: each reply is in
     time, so the message goes (the four together take 2.4 s)."""
     from notify.channels import Envelope
@@ -634,7 +639,7 @@ async def test_the_timeout_is_per_reply_not_per_transaction(database_url, tmp_pa
         await reader.readline()
 
     async with ScriptedRelay(script) as relay:
-        channel = channel_to(relay.port, database_url, tmp_path / "p6", NOTIFY_SMTP_TIMEOUT="1")
+        channel = channel_to(relay.port, NO_DATABASE, tmp_path / "p6", NOTIFY_SMTP_TIMEOUT="1")
         receipt = await channel.send(Envelope("a@example.com", ("b@example.com",),
                                               ENVELOPE_DATA))
         await channel.close()
@@ -642,7 +647,7 @@ async def test_the_timeout_is_per_reply_not_per_transaction(database_url, tmp_pa
 
 
 async def test_a_send_cancelled_while_connecting_leaves_no_connection_open(
-        database_url, tmp_path, orm):
+        tmp_path):
     from notify.channels import Envelope
 
     closed = asyncio.Event()
@@ -656,7 +661,7 @@ async def test_a_send_cancelled_while_connecting_leaves_no_connection_open(
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     try:
-        channel = channel_to(server.sockets[0].getsockname()[1], database_url, tmp_path / "p8",
+        channel = channel_to(server.sockets[0].getsockname()[1], NO_DATABASE, tmp_path / "p8",
                              NOTIFY_SMTP_TIMEOUT="5")
         send = asyncio.create_task(channel.send(Envelope("a@example.com", ("b@example.com",),
                                                          ENVELOPE_DATA)))
