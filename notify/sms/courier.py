@@ -11,7 +11,6 @@ it, and 21610 withdraws SMS consent (``notify.sms.actions``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -76,54 +75,16 @@ class SmsCourier:
             deadline=when + timedelta(hours=self.settings.retry_hours))
 
     async def deliver_due(self, limit: int = 50) -> int:
-        """The sender's SMS work of one pass: claim due SMS deliveries and deliver them,
-        one batch; under ``NOTIFY_SMS_RATE``, batches for up to a second (``_paced``)."""
+        """One batch of the sender's work: claim due SMS deliveries and deliver them."""
         if self.settings.sms_rate:
             # The checks are read for the whole batch before the rate's waits: a batch no
             # larger than a second's worth keeps each check within a second of its send.
-            return await self._paced(max(1, min(limit, self.settings.sms_rate)))
+            limit = max(1, min(limit, self.settings.sms_rate))
         batch = await postman.claim(Channel.SMS.value, limit,
                                     timedelta(seconds=self.settings.worker_lease_seconds))
         if batch:
             await self.deliver_batch(batch)
         return len(batch)
-
-    async def _paced(self, limit: int) -> int:
-        """Batches under the rate, each claimed and checked while the one before it is
-        still being paced, so that the rate does not stand idle between them: batch by
-        batch, the outcomes, the next pass, the claim and the checks' reads left it idle
-        ~25 ms a batch (6 times a second at 300 texts a second), and the bucket's credit
-        covers 20: 7% of the rate lost on the 2-core machine (bench/sms_send.py).
-
-        At most two batches are in flight; a batch's checks are read when it is claimed,
-        at most one batch's sends before its own. Up to a second's worth a pass, so the
-        sender's other jobs keep their turn. A batch that fails leaves the other to
-        finish and record its outcomes; cut off (the sender's stop), both record what
-        they handed over (``postman.finish_batch``)."""
-        lease = timedelta(seconds=self.settings.worker_lease_seconds)
-        done, running = 0, None
-        try:
-            while done < self.settings.sms_rate:
-                batch = await postman.claim(Channel.SMS.value, limit, lease)
-                if not batch:
-                    break
-                checked_at = store.now()  # before the checks read anything
-                known = await postman.Batch.load(self.settings, batch, AddressKind.PHONE)
-                ahead = asyncio.ensure_future(postman.finish_batch(
-                    batch, [self._deliver_one(d, known, checked_at) for d in batch]))
-                previous, running = running, ahead
-                if previous is not None:
-                    await previous
-                done += len(batch)
-            if running is not None:
-                await running
-        except BaseException as exc:
-            if running is not None and not running.done():
-                if isinstance(exc, asyncio.CancelledError):
-                    running.cancel()
-                await asyncio.gather(running, return_exceptions=True)
-            raise
-        return done
 
     async def deliver(self, delivery: Delivery) -> None:
         await self.deliver_batch([delivery])
