@@ -204,7 +204,7 @@ _ODD_LINE = st.one_of(
 
 @given(lines=st.lists(_ODD_LINE, min_size=1, max_size=8),
        ends=st.lists(st.sampled_from([b"\r\n", b"\n"]), min_size=8, max_size=8))
-@hypothesis_settings(max_examples=300, deadline=None,
+@hypothesis_settings(max_examples=150, deadline=None,
                      suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_the_fast_path_leaves_to_dkimpy_or_agrees_with_it_on_odd_headers(
         signer, monkeypatch, lines, ends):
