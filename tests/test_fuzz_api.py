@@ -30,7 +30,7 @@ from support import ADMIN
 #: PostgreSQL gets fewer, as SQLite has explored the inputs already.
 #: Per operation; NOTIFY_FUZZ_SCALE multiplies it for a deeper run by hand. SQLite's was
 #: 15: on the slower 2-core machine this test alone took 21 s of a suite over 10 minutes.
-EXAMPLES = {"sqlite": 10, "postgres": 6}
+EXAMPLES = {"sqlite": 10, "postgres": 4}
 PROBLEM_MEMBERS = ("type", "title", "status", "detail")
 
 
