@@ -115,18 +115,11 @@ def _relaxed_body(body: bytes) -> bytes:
     return _canonical.correct_empty_body(_canonical.strip_trailing_lines(canonical))
 
 
-def _relaxed_headers(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """dkimpy's ``Relaxed.canonicalize_headers``."""
-    return [(name.lower().rstrip(),
-             _compress(value.replace(b"\r\n", b"").replace(b"\n", b"")).strip() + b"\r\n")
-            for name, value in fields]
-
-
 def _relaxed_block(fields: list[list[bytes]]) -> bytes:
-    """``name:value`` of each of ``_relaxed_headers(fields)``, joined: the signed fields
-    as they are hashed. Each value is unfolded and stripped, then the whole block is
-    compressed at once (runs of whitespace cannot cross a field's CRLF, and stripping and
-    compressing commute); one pass instead of one per field. Names are compressed too:
+    """dkimpy's ``Relaxed.canonicalize_headers`` of ``fields``, each as ``name:value``
+    and CRLF, joined: as they are hashed. Each value is unfolded and stripped, then the
+    whole block is compressed at once (runs of whitespace cannot cross a field's CRLF, and
+    stripping and compressing commute); one pass instead of one per field. Names too:
     only names without whitespace may come here (``_sign_rsa`` takes only \x21-\x7e)."""
     return _compress(b"".join([
         name.lower().rstrip() + b":"
@@ -357,9 +350,8 @@ class DkimSigner:
         unsigned = (head + tag if placeholder == b"0" * 60
                     else dkim.RE_BTAG.sub(b"\\1", unsigned))
         digest = hashlib.sha256(_relaxed_block(chosen))
-        [(name, value)] = _relaxed_headers(
-            [(_SIGNATURE_NAME, b" " + unsigned)])
-        digest.update(name + b":" + value.rstrip())
+        # The signature's own field last, without its CRLF (RFC 6376 §3.7).
+        digest.update(_relaxed_block([[_SIGNATURE_NAME, b" " + unsigned]]).rstrip())
         signature = self._rsa.sign(digest.digest(), _PKCS1, _PREHASHED_SHA256)
         tags[-1] = (b"b", base64.b64encode(signature))
         value = dkim.fold(b"; ".join(b"=".join(tag) for tag in tags) + linesep,

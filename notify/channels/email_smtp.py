@@ -224,15 +224,9 @@ class _Pipelined(asyncio.Protocol):
         # Each reply is read, and acted on, in order: a refusal counts even when the relay
         # then hangs up or stalls before answering the rest (the waiters left behind are
         # failed with the connection, which send discards).
-        reply = await self._reply_to(mail)
-        if reply.code != SMTPStatus.completed:
-            raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, envelope.mail_from)
-        refused = []
-        for waiter, address in zip(rcpts, envelope.rcpt_to, strict=True):
-            reply = await self._reply_to(waiter)
-            if reply.code not in (SMTPStatus.completed, SMTPStatus.will_forward):
-                refused.append(aiosmtplib.SMTPRecipientRefused(reply.code, reply.message,
-                                                               address))
+        _check_sender(await self._reply_to(mail), envelope)
+        refused = [refusal for waiter, address in zip(rcpts, envelope.rcpt_to, strict=True)
+                   if (refusal := _refusal(await self._reply_to(waiter), address))]
         if len(refused) == len(recipients):
             # The relay refuses DATA too (RFC 2920 §3.1); should it accept it anyway, the
             # connection is dropped (send) before any content, so nothing is delivered.
@@ -291,17 +285,26 @@ async def _transaction(connection: aiosmtplib.SMTP | _Pipelined, envelope: Envel
     options = [b"SIZE=%d" % len(data)] if connection.supports_extension("size") else []
     if isinstance(connection, _Pipelined):
         return await connection.transaction(envelope, sender, recipients, options, data)
-    reply = await connection.execute_command(b"MAIL", b"FROM:" + sender, *options)
-    if reply.code != SMTPStatus.completed:
-        raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, envelope.mail_from)
-    refused = []
-    for address, quoted in zip(envelope.rcpt_to, recipients, strict=True):
-        reply = await connection.execute_command(b"RCPT", b"TO:" + quoted)
-        if reply.code not in (SMTPStatus.completed, SMTPStatus.will_forward):
-            refused.append(aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, address))
+    _check_sender(await connection.execute_command(b"MAIL", b"FROM:" + sender, *options),
+                  envelope)
+    refused = [refusal for address, quoted in zip(envelope.rcpt_to, recipients, strict=True)
+               if (refusal := _refusal(await connection.execute_command(b"RCPT", b"TO:" + quoted),
+                                       address))]
     if len(refused) == len(recipients):
         raise aiosmtplib.SMTPRecipientsRefused(refused)
     return (await connection.data(data)).message
+
+
+def _check_sender(reply: SMTPResponse, envelope: Envelope) -> None:
+    if reply.code != SMTPStatus.completed:
+        raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, envelope.mail_from)
+
+
+def _refusal(reply: SMTPResponse, address: str) -> aiosmtplib.SMTPRecipientRefused | None:
+    """The error of a refused RCPT; None when the relay took the recipient."""
+    if reply.code in (SMTPStatus.completed, SMTPStatus.will_forward):
+        return None
+    return aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, address)
 
 
 def _mailbox(address: str) -> bytes:
