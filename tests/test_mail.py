@@ -165,7 +165,8 @@ def test_build_bytes_refuses_a_line_break_in_a_header(settings):
     ("Grüße", "quoted-printable"),
     ("a lone\rcarriage return", "quoted-printable"),
     ("a NUL\0 byte", "quoted-printable"),
-    (f"the boundary's own prefix {mail._BOUNDARY_PREFIX}0 in the text", "quoted-printable"),
+    pytest.param(f"the boundary's own prefix {mail._BOUNDARY_PREFIX}0 in the text",
+                 "quoted-printable", id="boundary-prefix"),
 ])
 def test_a_part_goes_7bit_only_when_it_may_and_reads_back_the_same(settings, body, encoding):
     message = mail.Email(to="ada@example.com", to_name=None, kind="newsletter", locale="en",

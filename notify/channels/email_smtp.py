@@ -19,12 +19,12 @@ import ssl
 from collections import deque
 
 import aiosmtplib
-from aiolimiter import AsyncLimiter
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from aiosmtplib.response import SMTPResponse
 from aiosmtplib.status import SMTPStatus
 
 from notify.channels import DeliveryError, Envelope, Receipt
+from notify.pace import Pace
 from notify.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,9 @@ class SmtpEmailChannel:
         self.tls_context = tls_context
         self._idle: list[aiosmtplib.SMTP | _Pipelined] = []
         self._slots = asyncio.Semaphore(settings.smtp_pool_size)
-        # At most smtp_rate messages a second (a leaky bucket); 0 means no limit.
-        rate = settings.smtp_rate
-        self._rate = AsyncLimiter(rate, 1) if rate else None
+        # At most smtp_rate messages a second, on average and in any one second
+        # (notify.pace); 0 means no limit.
+        self._rate = Pace(settings.smtp_rate) if settings.smtp_rate else None
 
     async def send(self, envelope: Envelope) -> Receipt:
         try:

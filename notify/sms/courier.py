@@ -18,7 +18,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import jinja2
-from aiolimiter import AsyncLimiter
 
 from notify import eligibility, i18n, postman, store
 from notify.channels import DeliveryError
@@ -34,6 +33,7 @@ from notify.models import (
     DeliveryStatus,
     User,
 )
+from notify.pace import Pace
 from notify.settings import Channel, Settings, TopicKind
 from notify.sms import actions, mask, quiet, texts
 
@@ -51,13 +51,8 @@ class SmsCourier:
         self.settings = settings
         self.channel = channel
         self.clock = clock
-        # aiolimiter's leaky bucket, as for SMTP: a rate, not a retry loop of our own. A
-        # bucket of a fiftieth of a second, not a whole one: any one-second window then
-        # holds at most the rate and a fiftieth of it (a full second's bucket let a
-        # second's worth out at once after every lull: bench/sms_send.py saw the busiest
-        # second 30-60% over the rate; a twentieth's bucket, 6%).
-        rate = settings.sms_rate
-        self._rate = AsyncLimiter(max(rate / 50, 1), max(1 / 50, 1 / rate)) if rate else None
+        # At most sms_rate texts a second, on average and in any one second (notify.pace).
+        self._rate = Pace(settings.sms_rate) if settings.sms_rate else None
 
     async def enqueue(self, user: User, kind: str, *, topic: str | None = None,
                       context: dict[str, Any] | None = None) -> Delivery:
