@@ -501,14 +501,18 @@ def postgres_pids() -> list[int]:
 
 def twilio_standin_main(port: int) -> None:
     """Answers POST /2010-04-01/Accounts/{sid}/Messages.json like Twilio (201, JSON with a
-    SID), as cheaply as aiohttp allows; GET /count says how many it accepted."""
+    SID), as cheaply as aiohttp allows; GET /count says how many it accepted, and GET
+    /arrivals when each arrived since the last time it was asked (perf_counter seconds, of
+    this process: what Twilio would count a rate limit by)."""
     from aiohttp import web
 
     count = 0
+    arrivals: list[float] = []
     prefix = "SM" + uuid.uuid4().hex[:16]
 
     async def messages(request: web.Request) -> web.Response:
         nonlocal count
+        arrivals.append(time.perf_counter())
         form = await request.post()
         count += 1
         sid = f"{prefix}{count:016x}"
@@ -522,9 +526,15 @@ def twilio_standin_main(port: int) -> None:
     async def counted(request: web.Request) -> web.Response:
         return web.json_response({"count": count})
 
+    async def arrived(request: web.Request) -> web.Response:
+        found = arrivals[:]
+        arrivals.clear()
+        return web.json_response(found)
+
     app = web.Application()
     app.router.add_post("/2010-04-01/Accounts/{account}/Messages.json", messages)
     app.router.add_get("/count", counted)
+    app.router.add_get("/arrivals", arrived)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
@@ -542,6 +552,12 @@ def start_standin(log_dir: Path) -> tuple[subprocess.Popen, int]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the Twilio stand-in did not start") from None
             time.sleep(0.1)
+
+
+def standin_arrivals(port: int) -> list[float]:
+    """When each message arrived at the stand-in since the last call, in its own clock."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/arrivals", timeout=5) as r:
+        return sorted(json.loads(r.read()))
 
 
 def standin_count(port: int) -> int:

@@ -7,7 +7,11 @@ runs in its own process (``bench/_common.py``), so it does not take the sender's
 Beside it, the ceiling of this run: the same stand-in hit directly by raw aiohttp POSTs
 (the same form fields and basic auth, 50 at a time like a courier batch; no twilio
 library, no database). Then ``NOTIFY_SMS_RATE`` is set and the achieved rate compared with
-it: over the whole run, after its first second, and the busiest one-second window.
+it: over the whole run, after its first second, and the busiest one-second window, by the
+times the texts arrived at the stand-in (as Twilio would count them). The busiest second
+by the times they were handed to the twilio library and by the times their answers came
+back are printed beside it: answers bunch up while the sender's loop does a batch's
+database work.
 
 Run from the repository root: ``python bench/sms_send.py`` (about 80 s; PostgreSQL and
 SQLite). Options: ``--backends postgres,sqlite --messages 4000 --rate 300
@@ -59,10 +63,10 @@ async def ceiling(port: int, messages: int) -> float:
 
 
 async def send_all(kind: str, db: c.Database, env: dict[str, str], messages: int,
-                   label: str, profile: str) -> tuple[list[float], float]:
+                   label: str, profile: str) -> tuple[list[float], list[float], float]:
     """Queue ``messages`` SMS, then run the worker's loop until none is left; returns the
-    send times (perf_counter, one per message the stand-in accepted) and the CPU seconds
-    this process used."""
+    times each message the stand-in accepted was handed to the twilio library and was
+    answered (perf_counter), and the CPU seconds this process used."""
     c.apply_env(env)
     from notify.channels.factory import email_channel, signer
     from notify.channels.sms import sms_channel
@@ -92,11 +96,14 @@ async def send_all(kind: str, db: c.Database, env: dict[str, str], messages: int
         courier = SmsCourier(settings, channel)
         email = email_channel(settings)
         sender = Sender(jobs=jobs(settings, Postman(settings, email, signer(settings)), courier))
+        handed: list[float] = []
         stamps: list[float] = []
         send = channel.send
 
         async def recorded(message):  # noqa: ANN001, ANN202
+            started = time.perf_counter()
             receipt = await send(message)
+            handed.append(started)
             stamps.append(time.perf_counter())
             return receipt
 
@@ -117,7 +124,7 @@ async def send_all(kind: str, db: c.Database, env: dict[str, str], messages: int
         await close_db(ctx)
     if sent != messages:
         print(f"[{label}] only {sent} of {messages} sent; others: {other[:3]}")
-    return stamps, cpu
+    return sorted(handed), stamps, cpu
 
 
 def rates(stamps: list[float], start: float) -> tuple[float, float, float]:
@@ -150,24 +157,31 @@ async def one_backend(kind: str, args: argparse.Namespace, port: int,
                 max(10, int(out["unlimited"]["rate"] * 0.7 / 10) * 10)
             messages = rate * args.rate_seconds
         env = c.notify_env(work, db.url, NOTIFY_SMS_RATE=str(rate), **base)
+        c.standin_arrivals(port)  # forget the earlier runs'
         pg0, si0 = c.cpu_times(c.postgres_pids()), c.cpu_times([standin_pid])
         started = time.perf_counter()
         try:
-            stamps, cpu = await send_all(kind, db, env, messages, f"{kind} {mode}",
+            handed, stamps, cpu = await send_all(kind, db, env, messages, f"{kind} {mode}",
                                          profile=f"sms_send-{kind}-{mode}")
         finally:
             await db.drop()
             c.cleanup(work)
-        first = stamps[0] if stamps else started
         # The rate counts from the first send: the population and the queue come before.
-        whole, steady, busiest = rates(stamps, first - (1 / rate if rate else 0))
+        # Unlimited: by the answers (a send counts once done); limited: by the arrivals.
+        arrived = c.standin_arrivals(port)
+        counted = arrived if rate else stamps
+        first = counted[0] if counted else started
+        whole, steady, busiest = rates(counted, first - (1 / rate if rate else 0))
+        handed_busiest, answered_busiest = rates(handed, 0)[2], rates(stamps, 0)[2]
         wall = stamps[-1] - first if len(stamps) > 1 else 1
         out[mode] = {"rate": whole, "steady": steady, "busiest": busiest, "configured": rate,
+                     "handed_busiest": handed_busiest, "answered_busiest": answered_busiest,
                      "sent": len(stamps), "cpu_per_msg_ms": cpu / max(1, len(stamps)) * 1000,
                      "pg": (c.cpu_times(c.postgres_pids()) - pg0) / wall,
                      "standin": (c.cpu_times([standin_pid]) - si0) / wall}
         print(f"[{kind} {mode}] {len(stamps)} sent, {whole:.0f}/s (after the first second "
-              f"{steady:.0f}/s, busiest second {busiest:.0f}); sender CPU "
+              f"{steady:.0f}/s, busiest second {busiest:.0f}; by hand-over {handed_busiest:.0f}, "
+              f"by answers {answered_busiest:.0f}); sender CPU "
               f"{out[mode]['cpu_per_msg_ms']:.2f} ms/message (whole process incl. set-up); "
               f"stand-in {out[mode]['standin']:.2f} cores", flush=True)
     return out
@@ -207,7 +221,7 @@ async def main() -> int:
         print(f"{'sends, ' + kind:28} {u['rate']:7.0f} {top:8.0f} {u['rate'] / top:6.2f} "
               f"{u['cpu_per_msg_ms']:10.2f}  {'met' if met else 'NOT met'}")
     head = (f"{'':28} {'configured':>10} {'whole run':>9} {'after 1s':>8} {'busiest 1s':>10}"
-            f"  within 5%")
+            f"  within 5%  (busiest by hand-over, by answers)")
     print("\n" + head)
     print("-" * len(head))
     for kind, out in results.items():
@@ -215,7 +229,8 @@ async def main() -> int:
         r = lim["configured"]
         ok = all(abs(x - r) <= 0.05 * r for x in (lim["rate"], lim["steady"], lim["busiest"]))
         print(f"{'NOTIFY_SMS_RATE, ' + kind:28} {r:10d} {lim['rate']:9.0f} {lim['steady']:8.0f} "
-              f"{lim['busiest']:10.0f}  {'yes' if ok else 'NO'}")
+              f"{lim['busiest']:10.0f}  {'yes' if ok else 'NO':9}  "
+              f"{lim['handed_busiest']:17.0f} {lim['answered_busiest']:11.0f}")
     # Figures below a target are reported, not failures: only lost messages fail the run.
     return 1 if failed else 0
 
