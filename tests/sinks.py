@@ -85,14 +85,15 @@ def prepare(url: str, data: Path, users: int, **extra: str) -> tuple[dict[str, s
     return env, asyncio.run(go())
 
 
-def one_click_paths(url: str, env: dict[str, str], count: int) -> dict[str, str]:
-    """The one-click unsubscribe path of the newsletter for the first ``count`` users,
-    by the user's email address."""
+def one_click_paths(url: str, env: dict[str, str], count: int, *,
+                    last: bool = False) -> dict[str, str]:
+    """The one-click unsubscribe path of the newsletter for the first ``count`` users (the
+    last ``count`` with ``last``), by the user's email address."""
     settings = load_settings(environ=env)
 
     async def go() -> dict[str, str]:
         found = {}
-        for user in await User.all().order_by("id").limit(count):
+        for user in await User.all().order_by("-id" if last else "id").limit(count):
             link = (await links.for_message(settings, user, "newsletter", 0))[1]
             found[user.email] = link.removeprefix(settings.public_url)
         return found

@@ -213,7 +213,9 @@ def test_killed_web_and_worker_lose_no_withdrawal_and_no_delivery(
     env, campaign_id = prepare(url, tmp_path / "data", USERS, NOTIFY_PUBLIC_URL=base,
                                NOTIFY_WORKER_LEASE_SECONDS="3",
                                **smtp_env(controller.port, NOTIFY_SMTP_RATE="100"))
-    paths = one_click_paths(url, env, 100)
+    # The last users: the worker takes the first batch in order before any click is
+    # answered, so only later users' checks can come after their withdrawal.
+    paths = one_click_paths(url, env, 100, last=True)
     log = tmp_path / "processes.log"
     web, busy = _serve(env, tmp_path, port, log), worker(env, tmp_path, log)
     answers: dict[str, list] = {email: [] for email in paths}
@@ -263,7 +265,9 @@ def test_killed_web_and_worker_lose_no_withdrawal_and_no_delivery(
     # reading while a withdrawal commits can make 1): a 200 goes out after the commit, so
     # no message whose check began after its user's 200 came back may have been sent.
     assert answered.keys() == paths.keys()
-    assert _sent_after_answered(url, campaign_id, answered) == []
+    checked_after, sent_after = _checked_after_answered(url, campaign_id, answered)
+    assert checked_after, "no check came after a withdrawal: the test proves nothing"
+    assert sent_after == []
     # Every delivery recorded sent reached the relay; anything else the relay got was in
     # flight at the kill (a taken-over claim), and only those may have gone twice.
     sent, taken_over = _sent_and_taken_over(url, campaign_id)
@@ -274,14 +278,17 @@ def test_killed_web_and_worker_lose_no_withdrawal_and_no_delivery(
     assert "Traceback" not in text, text[-3000:]
 
 
-def _sent_after_answered(url: str, campaign_id: int, answered: dict[str, datetime]
-                         ) -> list[tuple[str, datetime, datetime]]:
-    async def read() -> list[tuple[str, datetime, datetime]]:
-        rows = await Delivery.filter(campaign_id=campaign_id, status="sent",
+def _checked_after_answered(url: str, campaign_id: int, answered: dict[str, datetime]
+                            ) -> tuple[list[str], list[str]]:
+    """The clicked users whose delivery's last check began after their 200, and those of
+    them whose message was sent all the same."""
+    async def read() -> tuple[list[str], list[str]]:
+        rows = await Delivery.filter(campaign_id=campaign_id,
                                      user__email__in=list(answered)).values_list(
-            "user__email", "checked_at")
-        return [(email, checked, answered[email]) for email, checked in rows
+            "user__email", "checked_at", "status")
+        late = [(email, status) for email, checked, status in rows
                 if checked is not None and checked > answered[email]]
+        return [e for e, _ in late], [e for e, status in late if status == "sent"]
     return in_db(url, read)
 
 
