@@ -1,5 +1,6 @@
 """A messages-a-second limit (``NOTIFY_SMTP_RATE``, ``NOTIFY_SMS_RATE``) that holds both on
-average and in every one-second window, as the provider counts it.
+average and in every one-second window of the times sends are let through (at the
+provider, by arrival, within 2-3% at 300 a second).
 
 Two parts, because neither holds both alone (figures: bench/sms_send.py at 300 a second,
 counted by arrival at the Twilio stand-in):

@@ -141,7 +141,8 @@ class ErrorOut(BaseModel):
 class WithdrawalsOut(BaseModel):
     during: int = Field(description="recipients who withdrew while it was sending")
     sent_after_withdrawal: int = Field(description="messages checked after a withdrawal "
-                                       "and sent anyway: always 0")
+                                       "was recorded and sent anyway: 0 but for a check "
+                                       "that read while the withdrawal committed")
     max_lag_seconds: float | None = Field(description="withdrawal to the last message to "
                                           "that user already handed over")
 
