@@ -135,6 +135,26 @@ def with_pool(url: str, maxsize: int | None) -> str:
     return f"{url}{'&' if '?' in url else '?'}maxsize={maxsize}"
 
 
+#: Where Debian's PostgreSQL keeps its Unix-domain socket: the "postgres-socket" backend.
+PG_SOCKET_DIR = "/var/run/postgresql"
+
+
+def default_backends() -> str:
+    """PostgreSQL over TCP loopback, over its Unix-domain socket when it has one, SQLite."""
+    socket = Path(PG_SOCKET_DIR) / ".s.PGSQL.5432"
+    return "postgres,postgres-socket,sqlite" if socket.exists() else "postgres,sqlite"
+
+
+def database(kind: str, work: Path, pool: int | None = None) -> tuple[Database, str]:
+    """The run's database of ``kind`` (postgres; postgres-socket, the same server reached
+    through its Unix-domain socket, ``?host=DIR``; sqlite) and notify's URL for it."""
+    db = Database("postgres" if kind == "postgres-socket" else kind, work)
+    url = with_pool(db.url, pool)
+    if kind == "postgres-socket":
+        url = f"{url}{'&' if '?' in url else '?'}host={PG_SOCKET_DIR}"
+    return db, url
+
+
 @dataclass
 class Population:
     external_ids: list[str]
@@ -391,14 +411,14 @@ def print_table(title: str, rows: list[tuple[LoadResult, LoadResult]],
                 target_rate: float, target_p99: float) -> None:
     """Each figure beside its same-run ceiling, with the ratio, and the issue's target."""
     print(f"\n{title}")
-    head = (f"{'':34} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
+    head = (f"{'':42} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
             f"{'non-2xx':>7} {'errors':>6} {'ceil req/s':>10} {'ceil p99':>8} {'× ceil':>6}  "
             f"target ≥{target_rate:.0f}/s p99≤{target_p99:.0f}ms")
     print(head)
     print("-" * len(head))
     for result, ceiling in rows:
         met = result.rate >= target_rate and result.p99_ms <= target_p99 and not result.non2xx
-        print(f"{result.label:34} {result.rate:8.0f} {result.p50_ms:7.1f} {result.p99_ms:7.1f} "
+        print(f"{result.label:42} {result.rate:8.0f} {result.p50_ms:7.1f} {result.p99_ms:7.1f} "
               f"{result.max_ms:7.0f} {result.non2xx:7d} "
               f"{result.socket_errors + result.timeouts:6d} {ceiling.rate:10.0f} "
               f"{ceiling.p99_ms:8.1f} {result.rate / ceiling.rate:6.2f}  "

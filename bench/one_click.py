@@ -6,8 +6,10 @@ consent ledger (events with source ``one_click``).
 Beside it, the same wrk settings against ``GET /healthz`` of the same processes: the
 aiohttp + loopback ceiling of this machine in this run.
 
-Run from the repository root: ``python bench/one_click.py`` (about 80 s; both PostgreSQL
-and SQLite). Options: ``--backends postgres,sqlite --procs 2 --connections 16
+Run from the repository root: ``python bench/one_click.py`` (about 100 s; PostgreSQL
+over TCP, and SQLite; ``postgres-socket`` adds PostgreSQL over its Unix-domain socket, which
+helps little here: PostgreSQL's own work dominates). Options: ``--backends
+postgres,sqlite --procs 2 --connections 16
 --seconds 10 --users 100000 --pool N`` (PostgreSQL pool size; tortoise's default is 5).
 """
 
@@ -30,8 +32,7 @@ BODY = "List-Unsubscribe=One-Click"
 
 async def one_backend(kind: str, args: argparse.Namespace) -> tuple | None:
     work = c.workdir(f"oneclick-{kind}")
-    db = c.Database(kind, work)
-    url = c.with_pool(db.url, args.pool)
+    db, url = c.database(kind, work, args.pool)
     env = c.notify_env(work, url)
     c.apply_env(env)
     from notify.settings import load_settings
@@ -55,7 +56,7 @@ async def _measure(kind, args, work, db, url, env, settings, started):  # noqa: 
           flush=True)
     servers = None
     try:
-        procs = args.procs if kind == "postgres" else args.sqlite_procs
+        procs = args.sqlite_procs if kind == "sqlite" else args.procs
         servers = c.start_servers(procs, env, work)
         ports = servers.ports
         loop = asyncio.get_running_loop()
