@@ -139,12 +139,6 @@ def with_pool(url: str, maxsize: int | None) -> str:
 PG_SOCKET_DIR = "/var/run/postgresql"
 
 
-def default_backends() -> str:
-    """PostgreSQL over TCP loopback, over its Unix-domain socket when it has one, SQLite."""
-    socket = Path(PG_SOCKET_DIR) / ".s.PGSQL.5432"
-    return "postgres,postgres-socket,sqlite" if socket.exists() else "postgres,sqlite"
-
-
 def database(kind: str, work: Path, pool: int | None = None) -> tuple[Database, str]:
     """The run's database of ``kind`` (postgres; postgres-socket, the same server reached
     through its Unix-domain socket, ``?host=DIR``; sqlite) and notify's URL for it."""

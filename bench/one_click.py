@@ -7,8 +7,8 @@ Beside it, the same wrk settings against ``GET /healthz`` of the same processes:
 aiohttp + loopback ceiling of this machine in this run.
 
 Run from the repository root: ``python bench/one_click.py`` (about 100 s; PostgreSQL
-over TCP, and SQLite; ``postgres-socket`` adds PostgreSQL over its Unix-domain socket, which
-helps little here: PostgreSQL's own work dominates). Options: ``--backends
+over TCP, and SQLite; ``postgres-socket`` adds PostgreSQL through its Unix-domain socket,
+measured the same as TCP loopback here). Options: ``--backends
 postgres,sqlite --procs 2 --connections 16
 --seconds 10 --users 100000 --pool N`` (PostgreSQL pool size; tortoise's default is 5).
 """

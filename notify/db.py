@@ -42,8 +42,7 @@ def tortoise_config(database_url: str) -> dict[str, Any]:
         # +45% with 16). A URL's own ?maxsize= wins.
         credentials.setdefault("maxsize", POOL_SIZE)
         # libpq's ?host=, which tortoise drops: a directory names a Unix-domain socket,
-        # ?host=/var/run/postgresql. A PostgreSQL on the same machine answers over it with
-        # less kernel work a query than over TCP loopback (bench/preference_reads.py).
+        # ?host=/var/run/postgresql, for a server that accepts local connections only.
         host = parse_qs(urlsplit(url).query).get("host")
         if host:
             credentials["host"] = host[-1]
