@@ -3,6 +3,7 @@ marketing opt-out lines, the length limit, and ``notify preview --channel sms``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -133,6 +134,34 @@ async def test_a_withdrawal_after_enqueue_skips_the_text(app_client):
     await courier.deliver_due()
     skipped = await Delivery.get(id=delivery.id)
     assert (skipped.status, skipped.skip_reason) == (DeliveryStatus.SKIPPED, "not_subscribed")
+
+
+async def test_only_a_text_about_to_go_takes_a_place_in_the_rate(app_client):
+    client, settings = app_client
+    clock = Clock(datetime(2025, 1, 15, 12, 0, tzinfo=NEW_YORK))
+    courier = SmsCourier(dataclasses.replace(settings, sms_rate=3), LogSmsChannel(settings),
+                         clock=clock)
+    taken = []
+    pace = courier._rate
+    acquire = pace.acquire
+
+    async def counted() -> None:
+        taken.append(1)
+        await acquire()
+
+    pace.acquire = counted
+    # A phone each, but no SMS consent: both are skipped.
+    for name, phone in (("ann", "+12025550124"), ("cid", "+12025550125")):
+        resp = await client.put(f"/v1/users/{name}", headers=APP, json={
+            "phone": phone, "phone_verified": True, "locale": "en"})
+        assert resp.status == 201
+    for name in ("ann", "cid", "bob"):
+        await courier.enqueue(await User.get(external_id=name), "notification",
+                              topic="sms_notifications", context={"body": "Hi"})
+    assert await courier.deliver_due() == 3
+    statuses = sorted(await Delivery.all().values_list("status", flat=True))
+    assert statuses == [DeliveryStatus.SENT, DeliveryStatus.SKIPPED, DeliveryStatus.SKIPPED]
+    assert len(taken) == 1 and len(logged(settings)) == 1
 
 
 async def test_marketing_texts_end_with_the_opt_out_line(app_client, tmp_path):

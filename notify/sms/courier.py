@@ -95,8 +95,6 @@ class SmsCourier:
 
     async def _deliver_one(self, delivery: Delivery, known: postman.Batch,
                            checked_at: datetime) -> None:
-        if self._rate is not None:
-            await self._rate.acquire()
         now = self.clock()
         if now > delivery.deadline:
             postman.set_outcome(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
@@ -139,6 +137,10 @@ class SmsCourier:
         assert user.phone is not None  # eligibility said there is an address
         message = SmsMessage(to=user.phone, body=body,
                              status_callback=s.public_url + STATUS_PATH)
+        if self._rate is not None:
+            # Only a text about to go takes a place in the rate: one skipped, held back or
+            # failed by the checks above takes none.
+            await self._rate.acquire()
         if delivery.lease_until is not None and store.now() >= delivery.lease_until:
             log.warning("delivery %s: lease expired before sending; left to another worker",
                         delivery.id)
