@@ -51,7 +51,7 @@ async def test_below_a_second_the_pace_runs_ahead_to_make_up_for_pauses():
     stamps = await paced(Pace(100), 60)
     assert stamps[-1] - start >= 59 / 130 - 0.02
     gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-    assert statistics.median(gaps) < 1 / 110
+    assert statistics.median(gaps) < 1 / 100  # a bucket at the rate itself: 1/100 or more
 
 
 def test_a_rate_below_one_is_refused():

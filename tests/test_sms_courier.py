@@ -136,32 +136,71 @@ async def test_a_withdrawal_after_enqueue_skips_the_text(app_client):
     assert (skipped.status, skipped.skip_reason) == (DeliveryStatus.SKIPPED, "not_subscribed")
 
 
-async def test_only_a_text_about_to_go_takes_a_place_in_the_rate(app_client):
-    client, settings = app_client
-    clock = Clock(datetime(2025, 1, 15, 12, 0, tzinfo=NEW_YORK))
-    courier = SmsCourier(dataclasses.replace(settings, sms_rate=3), LogSmsChannel(settings),
-                         clock=clock)
-    taken = []
+def counting_places(courier: SmsCourier, after=None) -> list[int]:  # noqa: ANN001
+    """Count the places ``courier`` takes in its rate; ``after()`` runs after each."""
+    taken: list[int] = []
     pace = courier._rate
     acquire = pace.acquire
 
     async def counted() -> None:
         taken.append(1)
         await acquire()
+        if after is not None:
+            after()
 
     pace.acquire = counted
-    # A phone each, but no SMS consent: both are skipped.
-    for name, phone in (("ann", "+12025550124"), ("cid", "+12025550125")):
-        resp = await client.put(f"/v1/users/{name}", headers=APP, json={
-            "phone": phone, "phone_verified": True, "locale": "en"})
-        assert resp.status == 201
-    for name in ("ann", "cid", "bob"):
-        await courier.enqueue(await User.get(external_id=name), "notification",
-                              topic="sms_notifications", context={"body": "Hi"})
-    assert await courier.deliver_due() == 3
+    return taken
+
+
+async def add_user(client, name: str, phone: str, zone: str, *, consent: bool) -> User:  # noqa: ANN001
+    resp = await client.put(f"/v1/users/{name}", headers=APP, json={
+        "phone": phone, "phone_verified": True, "time_zone": zone, "locale": "en"})
+    assert resp.status == 201
+    if consent:
+        resp = await client.put(f"/v1/users/{name}/consents/sms_notifications", headers=APP,
+                                json={"subscribed": True, "source": "profile_settings"})
+        assert resp.status == 200
+    return await User.get(external_id=name)
+
+
+async def test_only_a_text_about_to_go_takes_a_place_in_the_rate(app_client):
+    client, settings = app_client
+    clock = Clock(datetime(2025, 1, 15, 12, 0, tzinfo=NEW_YORK))
+    courier = SmsCourier(dataclasses.replace(settings, sms_rate=4), LogSmsChannel(settings),
+                         clock=clock)
+    taken = counting_places(courier)
+    # No SMS consent: skipped. Consent, but 02:00 in Tokyo: held for quiet hours.
+    users = [await add_user(client, "ann", "+12025550124", "America/New_York", consent=False),
+             await add_user(client, "cid", "+12025550125", "America/New_York", consent=False),
+             await add_user(client, "dai", "+12025550126", "Asia/Tokyo", consent=True),
+             await User.get(external_id="bob")]
+    for user in users:
+        await courier.enqueue(user, "notification", topic="sms_notifications",
+                              context={"body": "Hi"})
+    assert await courier.deliver_due() == 4
     statuses = sorted(await Delivery.all().values_list("status", flat=True))
-    assert statuses == [DeliveryStatus.SENT, DeliveryStatus.SKIPPED, DeliveryStatus.SKIPPED]
+    assert statuses == sorted([DeliveryStatus.SENT, DeliveryStatus.SKIPPED,
+                               DeliveryStatus.SKIPPED, DeliveryStatus.QUEUED])
     assert len(taken) == 1 and len(logged(settings)) == 1
+
+
+async def test_quiet_hours_that_begin_during_the_rates_wait_hold_the_text(app_client):
+    _, settings = app_client
+    clock = Clock(datetime(2025, 1, 15, 20, 59, 59, tzinfo=NEW_YORK))
+    courier = SmsCourier(dataclasses.replace(settings, sms_rate=2), LogSmsChannel(settings),
+                         clock=clock)
+
+    def quiet_begins() -> None:
+        clock.when = datetime(2025, 1, 15, 21, 0, 1, tzinfo=NEW_YORK)
+
+    taken = counting_places(courier, after=quiet_begins)
+    delivery = await courier.enqueue(await User.get(external_id="bob"), "notification",
+                                     topic="sms_notifications", context={"body": "Hi"})
+    assert await courier.deliver_due() == 1
+    held = await Delivery.get(id=delivery.id)
+    assert len(taken) == 1 and logged(settings) == []
+    assert held.status == DeliveryStatus.QUEUED and held.attempts == 0
+    assert held.next_attempt_at == datetime(2025, 1, 16, 8, 0, tzinfo=NEW_YORK)
 
 
 async def test_marketing_texts_end_with_the_opt_out_line(app_client, tmp_path):

@@ -95,10 +95,7 @@ class SmsCourier:
 
     async def _deliver_one(self, delivery: Delivery, known: postman.Batch,
                            checked_at: datetime) -> None:
-        now = self.clock()
-        if now > delivery.deadline:
-            postman.set_outcome(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
-                                last_error=delivery.last_error or "deadline passed")
+        if self._out_of_time(delivery, self.clock()):
             return
         campaign = known.campaigns.get(delivery.campaign_id)
         if campaign is not None:
@@ -116,16 +113,7 @@ class SmsCourier:
                                 checked_at=checked_at)
             return
         s = self.settings
-        zone = quiet.zone_for(user.time_zone, user.phone, s.sms_default_time_zone)
-        opens = quiet.opens_at(now, zone, s.sms_quiet_start, s.sms_quiet_end)
-        if opens is not None:
-            # Quiet hours: wait, queued, until the window opens. Waiting is not a failed
-            # attempt, and must not eat into the time left for retries: the deadline moves
-            # by the same amount.
-            postman.set_outcome(delivery, DeliveryStatus.QUEUED, next_attempt_at=opens,
-                                deadline=delivery.deadline + (opens - now))
-            log.info("delivery %s waits for quiet hours to end at %s", delivery.id,
-                     opens.isoformat())
+        if self._in_quiet_hours(delivery, user, self.clock()):
             return
         try:
             body = self.compose(delivery, user, campaign)
@@ -139,8 +127,12 @@ class SmsCourier:
                              status_callback=s.public_url + STATUS_PATH)
         if self._rate is not None:
             # Only a text about to go takes a place in the rate: one skipped, held back or
-            # failed by the checks above takes none.
+            # failed by the checks above takes none. The wait can last up to a second, so
+            # the deadline and quiet hours are asked again for the moment it would go.
             await self._rate.acquire()
+            now = self.clock()
+            if self._out_of_time(delivery, now) or self._in_quiet_hours(delivery, user, now):
+                return
         if delivery.lease_until is not None and store.now() >= delivery.lease_until:
             log.warning("delivery %s: lease expired before sending; left to another worker",
                         delivery.id)
@@ -156,6 +148,30 @@ class SmsCourier:
         postman.set_outcome(delivery, DeliveryStatus.SENT, sent_at=self.clock(),
                             provider_ref=receipt.reference, attempts=delivery.attempts + 1,
                             checked_at=checked_at)
+
+    @staticmethod
+    def _out_of_time(delivery: Delivery, now: datetime) -> bool:
+        """Past its deadline: failed, and True."""
+        if now <= delivery.deadline:
+            return False
+        postman.set_outcome(delivery, DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
+                            last_error=delivery.last_error or "deadline passed")
+        return True
+
+    def _in_quiet_hours(self, delivery: Delivery, user: postman.Reader, now: datetime) -> bool:
+        """In the recipient's quiet hours: queued until they end, and True."""
+        s = self.settings
+        zone = quiet.zone_for(user.time_zone, user.phone, s.sms_default_time_zone)
+        opens = quiet.opens_at(now, zone, s.sms_quiet_start, s.sms_quiet_end)
+        if opens is None:
+            return False
+        # Waiting is not a failed attempt, and must not eat into the time left for
+        # retries: the deadline moves by the same amount.
+        postman.set_outcome(delivery, DeliveryStatus.QUEUED, next_attempt_at=opens,
+                            deadline=delivery.deadline + (opens - now))
+        log.info("delivery %s waits for quiet hours to end at %s", delivery.id,
+                 opens.isoformat())
+        return True
 
     def compose(self, delivery: Delivery, user: User | postman.Reader,
                 campaign: Campaign | None = None) -> str:
