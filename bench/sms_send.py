@@ -135,7 +135,8 @@ def rates(stamps: list[float], start: float) -> tuple[float, float, float]:
     whole = len(stamps) / (stamps[-1] - start)
     later = [t for t in stamps if t >= start + 1.0]
     steady = (len(later) - 1) / (later[-1] - later[0]) if len(later) > 1 else 0.0
-    busiest = max(bisect.bisect_right(stamps, t + 1.0) - i for i, t in enumerate(stamps))
+    # Half-open windows [t, t + 1 s): a send exactly a second after another is the next's.
+    busiest = max(bisect.bisect_left(stamps, t + 1.0) - i for i, t in enumerate(stamps))
     return whole, steady, float(busiest)
 
 

@@ -417,7 +417,9 @@ class Progress:
     first_errors: list[dict[str, Any]]
     possible_duplicates: int  # sent after a takeover of a dead worker's claim
     withdrawals_during: int  # recipients who withdrew while the campaign was sending
-    sent_after_withdrawal: int  # checked after a withdrawal and sent all the same: must be 0
+    # Checked after a withdrawal was recorded and sent all the same: 0, but for a check
+    # that read while the withdrawal committed (see _withdrawal_lag).
+    sent_after_withdrawal: int
     max_withdrawal_lag_seconds: float | None  # withdrawal to the last message handed over
 
     @property

@@ -1,6 +1,6 @@
 """A messages-a-second limit (``NOTIFY_SMTP_RATE``, ``NOTIFY_SMS_RATE``) that holds both on
 average and in every one-second window of the times sends are let through (at the
-provider, by arrival, within 2-3% at 300 a second).
+provider, by arrival, within 4% at 300 a second).
 
 Two parts, because neither holds both alone (figures: bench/sms_send.py at 300 a second,
 counted by arrival at the Twilio stand-in):
@@ -9,7 +9,7 @@ counted by arrival at the Twilio stand-in):
   (claim, checks, outcomes: ~25 ms a batch of 50 texts), which a bucket at the rate itself
   never makes up (7-9% short). The small capacity keeps sends from being let out in
   bunches: those queue behind each other's CPU work and reach the provider bunched (a
-  tenth of a second's bucket: the busiest second 10-15% over; this one, 3%).
+  tenth of a second's bucket: the busiest second 3-15% over; this one, at most 4%).
 - the last ``rate`` send times: no send goes before the one ``rate`` sends back is a
   second old, so no one-second window holds more than the rate, the headroom included.
 
