@@ -8,7 +8,8 @@ machine. One read is checked before the load (every topic subscribed).
 Run from the repository root: ``python bench/preference_reads.py`` (about 70 s; PostgreSQL
 and SQLite; ``postgres-socket`` is PostgreSQL through its Unix-domain socket, measured the
 same as TCP loopback here). Options: ``--backends postgres,sqlite --procs 2
---connections 16 --seconds 10 --users 20000 --pool N`` (PostgreSQL pool size; tortoise's default is 5).
+--connections 16 --seconds 10 --users 20000 --pool N`` (PostgreSQL pool size; notify's
+default is 16).
 """
 
 from __future__ import annotations
