@@ -129,7 +129,7 @@ class Database:
 
 
 def with_pool(url: str, maxsize: int | None) -> str:
-    """The URL with tortoise's pool size for PostgreSQL (default 5) set, when asked."""
+    """The URL with the PostgreSQL pool size set (notify's default is 16), when asked."""
     if maxsize is None or not url.startswith("postgres"):
         return url
     return f"{url}{'&' if '?' in url else '?'}maxsize={maxsize}"

@@ -10,7 +10,7 @@ Run from the repository root: ``python bench/one_click.py`` (about 100 s; Postgr
 over TCP, and SQLite; ``postgres-socket`` adds PostgreSQL through its Unix-domain socket,
 measured the same as TCP loopback here). Options: ``--backends
 postgres,sqlite --procs 2 --connections 16
---seconds 10 --users 100000 --pool N`` (PostgreSQL pool size; tortoise's default is 5).
+--seconds 10 --users 100000 --pool N`` (PostgreSQL pool size; notify's default is 16).
 """
 
 from __future__ import annotations
