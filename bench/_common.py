@@ -132,7 +132,11 @@ def with_pool(url: str, maxsize: int | None) -> str:
     """The URL with the PostgreSQL pool size set (notify's default is 16), when asked."""
     if maxsize is None or not url.startswith("postgres"):
         return url
-    return f"{url}{'&' if '?' in url else '?'}maxsize={maxsize}"
+    return _with_parameter(url, "maxsize", maxsize)
+
+
+def _with_parameter(url: str, name: str, value: object) -> str:
+    return f"{url}{'&' if '?' in url else '?'}{name}={value}"
 
 
 #: Where Debian's PostgreSQL keeps its Unix-domain socket: the "postgres-socket" backend.
@@ -145,7 +149,7 @@ def database(kind: str, work: Path, pool: int | None = None) -> tuple[Database, 
     db = Database("postgres" if kind == "postgres-socket" else kind, work)
     url = with_pool(db.url, pool)
     if kind == "postgres-socket":
-        url = f"{url}{'&' if '?' in url else '?'}host={PG_SOCKET_DIR}"
+        url = _with_parameter(url, "host", PG_SOCKET_DIR)
     return db, url
 
 

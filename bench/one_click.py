@@ -8,9 +8,9 @@ aiohttp + loopback ceiling of this machine in this run.
 
 Run from the repository root: ``python bench/one_click.py`` (about 100 s; PostgreSQL
 over TCP, and SQLite; ``postgres-socket`` adds PostgreSQL through its Unix-domain socket,
-measured the same as TCP loopback here). Options: ``--backends
-postgres,sqlite --procs 2 --connections 16
---seconds 10 --users 100000 --pool N`` (PostgreSQL pool size; notify's default is 16).
+measured the same as TCP loopback here). Options: ``--backends postgres,sqlite --procs 2
+--connections 16 --seconds 10 --users 100000 --pool N`` (PostgreSQL pool size; notify's
+default is 16).
 """
 
 from __future__ import annotations

@@ -135,9 +135,15 @@ def rates(stamps: list[float], start: float) -> tuple[float, float, float]:
     whole = len(stamps) / (stamps[-1] - start)
     later = [t for t in stamps if t >= start + 1.0]
     steady = (len(later) - 1) / (later[-1] - later[0]) if len(later) > 1 else 0.0
-    # Half-open windows [t, t + 1 s): a send exactly a second after another is the next's.
-    busiest = max(bisect.bisect_left(stamps, t + 1.0) - i for i, t in enumerate(stamps))
-    return whole, steady, float(busiest)
+    return whole, steady, busiest_second(stamps)
+
+
+def busiest_second(stamps: list[float]) -> float:
+    """The most sends in one second, over half-open windows [t, t + 1 s): a send exactly
+    a second after another is the next window's."""
+    if not stamps:
+        return 0.0
+    return float(max(bisect.bisect_left(stamps, t + 1.0) - i for i, t in enumerate(stamps)))
 
 
 async def one_backend(kind: str, args: argparse.Namespace, port: int,
@@ -173,7 +179,7 @@ async def one_backend(kind: str, args: argparse.Namespace, port: int,
         counted = arrived if rate else stamps
         first = counted[0] if counted else started
         whole, steady, busiest = rates(counted, first - (1 / rate if rate else 0))
-        handed_busiest, answered_busiest = rates(handed, 0)[2], rates(stamps, 0)[2]
+        handed_busiest, answered_busiest = busiest_second(handed), busiest_second(stamps)
         wall = stamps[-1] - first if len(stamps) > 1 else 1
         out[mode] = {"rate": whole, "steady": steady, "busiest": busiest, "configured": rate,
                      "handed_busiest": handed_busiest, "answered_busiest": answered_busiest,
