@@ -15,6 +15,7 @@ Run from the repository root: ``python bench/campaign_send.py [USERS] [WORKERS]`
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import multiprocessing
 import os
@@ -467,8 +468,12 @@ async def growth(sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000),
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--growth"]:
-        asyncio.run(growth())
-    else:
-        asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 20_000,
-                         int(sys.argv[2]) if len(sys.argv) > 2 else (os.cpu_count() or 1)))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("users", type=int, nargs="?", default=20_000)
+    parser.add_argument("workers", type=int, nargs="?", default=os.cpu_count() or 1)
+    parser.add_argument("--growth", action="store_true",
+                        help="the send at outboxes of 8,000, 80,000 and 800,000 instead")
+    args = parser.parse_args()
+    if args.users < 1 or args.workers < 1:
+        parser.error("users and workers must be at least 1")
+    asyncio.run(growth() if args.growth else main(args.users, args.workers))

@@ -8,10 +8,10 @@ Starts everything it needs on loopback (SQLite in a temporary folder, an aiosmtp
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -104,4 +104,6 @@ async def main(messages: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 2000))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("messages", type=int, nargs="?", default=2000)
+    asyncio.run(main(parser.parse_args().messages))

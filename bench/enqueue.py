@@ -10,6 +10,7 @@ creates and drops its own databases.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import hmac
@@ -182,5 +183,8 @@ async def main(largest: int) -> None:
 
 if __name__ == "__main__":
     started = datetime.now(UTC)
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("max_users", type=int, nargs="?", default=1_000_000,
+                        help="the largest size run (10k, 100k and 1M up to it)")
+    asyncio.run(main(parser.parse_args().max_users))
     print(f"total {(datetime.now(UTC) - started) / timedelta(seconds=1):.0f} s")

@@ -137,7 +137,8 @@ async def main() -> int:
                   f"{args.sqlite_procs} on SQLite (one port and one wrk each), "
                   f"{args.connections} connections per process, "
                   f"{args.seconds:.0f}s; ceiling = GET /healthz, same processes and wrk "
-                  f"settings", rows, TARGET_RATE, TARGET_P99)
+                  f"settings; the target is PostgreSQL's, SQLite's figures are reported",
+                  rows, TARGET_RATE, TARGET_P99, reported_only=("sqlite",))
     # Figures below a target are reported, not failures: a 200 missing from the ledger, or
     # an answer other than 200, fails the run.
     return 1 if lost else 0
