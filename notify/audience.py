@@ -237,7 +237,7 @@ async def enqueue(campaign: Campaign, topics: Mapping[str, str | None], *, now: 
     transaction. PostgreSQL: one statement per channel and part does both (a
     data-modifying CTE: the reasons are computed once, the eligible rows inserted, the
     reasons counted), and ``parts`` statements over disjoint ranges of user ids run at
-    once on their own connections, so the insert — a million rows and four index entries
+    once on their own connections, so the insert — a million rows and three index entries
     each, one core's work per statement — uses the database's cores (bench/enqueue.py).
     The parts commit on their own, before the caller's transaction: their deliveries wait
     unclaimed until that transaction marks the campaign sending (``postman.claim`` takes

@@ -279,7 +279,9 @@ class Delivery(Model):
         table = "deliveries"
         # A campaign's rows are found through the unique index's first column. The claim
         # index: a worker claims one channel's due rows in (next_attempt_at, id) order;
-        # a campaign's rows share one next_attempt_at (migration 0005 says why). A user's
+        # a campaign's rows share one next_attempt_at (migration 0005 says why). On
+        # PostgreSQL, migration 0007 replaces it with partial indexes that hold only the
+        # queued rows of each channel and the claimed ones (postman._CLAIM_DUE). A user's
         # rows: of a campaign through the unique index (campaign, user), the others
         # through a partial index on user_id where there is no campaign (migration 0006:
         # a per-user index on every row was a fifth of a million-row enqueue).

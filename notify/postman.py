@@ -40,7 +40,7 @@ from notify.models import (
     Suppression,
     User,
 )
-from notify.settings import Settings
+from notify.settings import Channel, Settings
 from notify.tokens import AddressPurpose, address_token
 
 log = logging.getLogger(__name__)
@@ -567,23 +567,15 @@ async def claim(channel: str, limit: int, lease: timedelta = LEASE) -> list[Deli
     now = store.now()
     until = now + lease
     async with in_transaction() as connection:
-        # FOR UPDATE SKIP LOCKED on PostgreSQL: workers take disjoint rows. SQLite
-        # ignores the clause and has one writer anyway.
-        expired = await (
-            Delivery.filter(channel=channel, status=DeliveryStatus.SENDING,
-                            lease_until__lt=now)
-            .order_by("id").limit(limit).select_for_update(skip_locked=True)
-        )
-        if expired:
-            await Delivery.filter(id__in=[d.id for d in expired]).update(
-                lease_until=until, takeovers=F("takeovers") + 1)
-            for row in expired:
-                row.takeovers += 1
-                row.lease_until = until
+        postgres = connection.capabilities.dialect == "postgres"
+        if postgres:
+            expired = await _claim_expired_postgres(connection, channel, limit, now, until)
+        else:
+            expired = await _claim_expired(channel, limit, now, until)
         wanted = limit - len(expired)
         if wanted <= 0:
             due = []
-        elif connection.capabilities.dialect == "postgres":
+        elif postgres:
             due = await _claim_due_postgres(connection, channel, wanted, now, until)
         else:
             due = await _claim_due(channel, wanted, now, until)
@@ -597,18 +589,41 @@ async def claim(channel: str, limit: int, lease: timedelta = LEASE) -> list[Deli
 #: fifth of a campaign message's database cost). Only deliveries of sending campaigns (or
 #: of none): a campaign's deliveries are inserted before it is marked sending (see
 #: audience.enqueue).
+#:
+#: The channel and the status are written into the statement, not passed: the index it
+#: reads is partial (``deliveries_due_email`` on (next_attempt_at, id) WHERE status =
+#: 'queued' AND channel = 'email', migration 0007), and a plan made for any value of a
+#: parameter cannot use a partial index, so once PostgreSQL settled on a generic plan for
+#: the prepared statement every claim would read the whole table.
 _CLAIM_DUE = """
 WITH due AS (
     SELECT id FROM deliveries
-    WHERE channel = $1 AND status = 'queued' AND next_attempt_at <= $2
+    WHERE channel = '{channel}' AND status = 'queued' AND next_attempt_at <= $1
       AND (campaign_id IS NULL
            OR campaign_id IN (SELECT id FROM campaigns WHERE status = 'sending'))
-    ORDER BY next_attempt_at, id LIMIT $3
+    ORDER BY next_attempt_at, id LIMIT $2
     FOR UPDATE SKIP LOCKED)
-UPDATE deliveries AS d SET status = 'sending', lease_until = $4
+UPDATE deliveries AS d SET status = 'sending', lease_until = $3
 FROM due WHERE d.id = due.id
 RETURNING d.*
 """
+
+#: Claims whose lease ran out (their worker died or hung), taken over: the same rule for
+#: the literals; the index is ``deliveries_leased`` (channel, id) WHERE status =
+#: 'sending', a few hundred rows at most, read in the order they are taken.
+_CLAIM_EXPIRED = """
+WITH expired AS (
+    SELECT id FROM deliveries
+    WHERE channel = '{channel}' AND status = 'sending' AND lease_until < $1
+    ORDER BY id LIMIT $2
+    FOR UPDATE SKIP LOCKED)
+UPDATE deliveries AS d SET lease_until = $3, takeovers = d.takeovers + 1
+FROM expired WHERE d.id = expired.id
+RETURNING d.*
+"""
+
+_CLAIM_DUE_SQL = {c.value: _CLAIM_DUE.format(channel=c.value) for c in Channel}
+_CLAIM_EXPIRED_SQL = {c.value: _CLAIM_EXPIRED.format(channel=c.value) for c in Channel}
 
 
 async def _claim_due_postgres(connection: Any, channel: str, limit: int,  # noqa: ANN401
@@ -620,11 +635,33 @@ async def _claim_due_postgres(connection: Any, channel: str, limit: int,  # noqa
     # nothing else.
     await connection.execute_script(
         "SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off")
-    _, rows = await connection.execute_query(_CLAIM_DUE, [channel, now, limit, until])
+    _, rows = await connection.execute_query(_CLAIM_DUE_SQL[channel], [now, limit, until])
     claimed = [Delivery._init_from_db(**dict(row)) for row in rows]
     # RETURNING keeps no order: the order of the queue.
     claimed.sort(key=lambda d: (d.next_attempt_at, d.id))
     return claimed
+
+
+async def _claim_expired_postgres(connection: Any, channel: str, limit: int,  # noqa: ANN401
+                                  now: datetime, until: datetime) -> list[Delivery]:
+    _, rows = await connection.execute_query(_CLAIM_EXPIRED_SQL[channel], [now, limit, until])
+    return sorted((Delivery._init_from_db(**dict(row)) for row in rows), key=lambda d: d.id)
+
+
+async def _claim_expired(channel: str, limit: int, now: datetime, until: datetime
+                         ) -> list[Delivery]:
+    # SQLite ignores FOR UPDATE SKIP LOCKED and has one writer anyway.
+    expired = await (
+        Delivery.filter(channel=channel, status=DeliveryStatus.SENDING, lease_until__lt=now)
+        .order_by("id").limit(limit).select_for_update(skip_locked=True)
+    )
+    if expired:
+        await Delivery.filter(id__in=[d.id for d in expired]).update(
+            lease_until=until, takeovers=F("takeovers") + 1)
+        for row in expired:
+            row.takeovers += 1
+            row.lease_until = until
+    return expired
 
 
 async def _claim_due(channel: str, limit: int, now: datetime, until: datetime
