@@ -2,8 +2,9 @@
 
 The index of 0005, (channel, status, next_attempt_at, id), held every delivery, sent or
 not, and each status change (queued, sending, sent) added an entry. A million-user
-enqueue paid for its 800,000 entries more than for any other index (bench/enqueue.py:
-a bare INSERT … SELECT with the deliveries' indexes took 7.9 s, 6.4 s with these), its
+enqueue paid for its 800,000 entries more than for any other index (bench/enqueue.py's
+rows on the 2-core machine of 2026-11-27: a bare INSERT … SELECT with the deliveries'
+indexes took 7.9 s, 6.4 s with these), its
 two text columns first making every comparison in it slow. A claim needs only the queued
 rows of one channel, in (next_attempt_at, id) order, and the expired claims, a few
 hundred ``sending`` rows at most:
@@ -16,6 +17,11 @@ hundred ``sending`` rows at most:
 A row leaves them when it is claimed or sent. The claims name the channel and the status
 in their SQL (``postman._CLAIM_DUE``): a plan for any parameter value cannot use a
 partial index.
+
+The old index also served, by its channel, the lookup of a text by its Twilio SID on
+every status callback, which nothing indexed: ``deliveries_sms_reference``, on
+(provider_ref) WHERE channel = 'sms' AND provider_ref IS NOT NULL, does now (emails
+carry a relay's queue id there too, and stay out of it).
 
 SQLite keeps the index of 0005: its planner cannot prove a partial index's condition
 from the ORM's parameters either, and its enqueue is not the one that has to be fast.
@@ -34,6 +40,8 @@ PARTIAL = (
     "WHERE status = 'queued' AND channel = 'sms'",
     "CREATE INDEX deliveries_leased ON deliveries (channel, id) "
     "WHERE status = 'sending'",
+    "CREATE INDEX deliveries_sms_reference ON deliveries (provider_ref) "
+    "WHERE channel = 'sms' AND provider_ref IS NOT NULL",
 )
 
 
@@ -51,7 +59,8 @@ async def to_whole(apps, schema_editor) -> None:  # noqa: ANN001 - tortoise's AP
     await schema_editor.client.execute_script(
         f"CREATE INDEX IF NOT EXISTS {CLAIM_INDEX} ON deliveries "
         "(channel, status, next_attempt_at, id)")
-    for name in ("deliveries_due_email", "deliveries_due_sms", "deliveries_leased"):
+    for name in ("deliveries_due_email", "deliveries_due_sms", "deliveries_leased",
+                 "deliveries_sms_reference"):
         await schema_editor.client.execute_script(f"DROP INDEX IF EXISTS {name}")
 
 

@@ -281,7 +281,9 @@ class Delivery(Model):
         # index: a worker claims one channel's due rows in (next_attempt_at, id) order;
         # a campaign's rows share one next_attempt_at (migration 0005 says why). On
         # PostgreSQL, migration 0007 replaces it with partial indexes that hold only the
-        # queued rows of each channel and the claimed ones (postman._CLAIM_DUE). A user's
+        # queued rows of each channel and the claimed ones (postman._CLAIM_DUE); tortoise
+        # still believes in it, so a generated migration that drops or changes it needs a
+        # PostgreSQL branch written by hand (its DROP INDEX has no IF EXISTS). A user's
         # rows: of a campaign through the unique index (campaign, user), the others
         # through a partial index on user_id where there is no campaign (migration 0006:
         # a per-user index on every row was a fifth of a million-row enqueue).

@@ -664,6 +664,21 @@ async def _claim_expired(channel: str, limit: int, now: datetime, until: datetim
     return expired
 
 
+#: A text found by its Twilio SID, for a status callback (one or more per text sent). On
+#: PostgreSQL through ``deliveries_sms_reference``, (provider_ref) WHERE channel = 'sms' AND
+#: provider_ref IS NOT NULL (migration 0007): the literal again, for a generic plan.
+_SMS_BY_REFERENCE = "SELECT * FROM deliveries WHERE channel = 'sms' AND provider_ref = $1"
+
+
+async def sms_by_reference(reference: str) -> Delivery | None:
+    """The text whose provider reference (Twilio's message SID) this is, or None."""
+    connection = connections.get("default")
+    if connection.capabilities.dialect != "postgres":
+        return await Delivery.get_or_none(channel=Channel.SMS.value, provider_ref=reference)
+    _, rows = await connection.execute_query(_SMS_BY_REFERENCE, [reference])
+    return Delivery._init_from_db(**dict(rows[0])) if rows else None
+
+
 async def _claim_due(channel: str, limit: int, now: datetime, until: datetime
                      ) -> list[Delivery]:
     due = await (

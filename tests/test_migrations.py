@@ -98,43 +98,46 @@ def pg_database(fresh_pg_database) -> str:  # noqa: ANN001
 
 @pytest.mark.postgres
 async def test_claims_read_the_partial_indexes_whatever_the_plan(pg_database):
-    """Migration 0007's partial indexes serve the claims even under a generic plan (the
-    kind PostgreSQL settles on for a prepared statement run often): the claims write
-    their channel and status into the SQL. With ``channel = $1`` instead, this plan reads
-    the whole table."""
+    """Migration 0007's partial indexes serve the claims and the Twilio SID lookup even
+    under a generic plan (the kind PostgreSQL settles on for a prepared statement run
+    often): they write their channel and status into the SQL. With ``channel = $1``
+    instead, these plans read the whole table."""
     from notify import postman
+    from notify.settings import Channel
 
     ctx = await open_db(pg_database, create=True)
     try:
         await apply_migrations(ctx)
-        db = ctx.db()
-        _, rows = await db.execute_query(
-            "SELECT indexname FROM pg_indexes WHERE tablename = 'deliveries'")
-        names = {row["indexname"] for row in rows}
-        assert {"deliveries_due_email", "deliveries_due_sms", "deliveries_leased"} <= names
-        assert "idx_deliveries_channel_7a41be" not in names
-        # Many rows done, a few queued and claimed: the shape of a campaign under way.
-        await db.execute_script(
-            "INSERT INTO deliveries (user_id, channel, kind, context, status, attempts, "
-            "takeovers, next_attempt_at, deadline, created_at, updated_at) "
-            "SELECT n, CASE WHEN n % 10 = 0 THEN 'sms' ELSE 'email' END, 'newsletter', '{}', "
-            "CASE WHEN n % 500 = 0 THEN 'queued' WHEN n % 500 = 1 THEN 'sending' "
-            "ELSE 'sent' END, 0, 0, now(), now() + interval '1 day', now(), now() "
-            "FROM generate_series(1, 50000) AS n; ANALYZE deliveries;"
-            "SET plan_cache_mode = force_generic_plan")
-        # In the order of postman.claim: the expired claims, then the due ones with what
-        # _claim_due_postgres sets for them.
-        cases = [(postman._CLAIM_EXPIRED_SQL["email"], "deliveries_leased", ""),
-                 (postman._CLAIM_DUE_SQL["email"], "deliveries_due_email",
-                  "SET enable_sort = off; SET enable_bitmapscan = off"),
-                 (postman._CLAIM_DUE_SQL["sms"], "deliveries_due_sms", "")]
-        for number, (sql, index, settings) in enumerate(cases):
-            if settings:
-                await db.execute_script(settings)
-            await db.execute_script(f"PREPARE claim{number} AS {sql}")
-            _, plan = await db.execute_query(
-                f"EXPLAIN EXECUTE claim{number}(now(), 50, now() + interval '5 minutes')")
-            text = "\n".join(row["QUERY PLAN"] for row in plan)
-            assert index in text and "Seq Scan on deliveries" not in text, text
+        async with ctx.db().acquire_connection() as db:  # one session for its SETs
+            names = {row["indexname"] for row in await db.fetch(
+                "SELECT indexname FROM pg_indexes WHERE tablename = 'deliveries'")}
+            assert "idx_deliveries_channel_7a41be" not in names
+            # Many rows done, a few queued and claimed: a campaign under way.
+            await db.execute(
+                "INSERT INTO deliveries (user_id, channel, kind, context, status, attempts, "
+                "takeovers, next_attempt_at, deadline, created_at, updated_at, provider_ref) "
+                "SELECT n, CASE WHEN n % 10 = 0 THEN 'sms' ELSE 'email' END, 'newsletter', "
+                "'{}', CASE WHEN n % 500 = 0 THEN 'queued' WHEN n % 500 = 1 THEN 'sending' "
+                "ELSE 'sent' END, 0, 0, now(), now() + interval '1 day', now(), now(), "
+                "'SM' || n FROM generate_series(1, 50000) AS n")
+            await db.execute("ANALYZE deliveries; SET plan_cache_mode = force_generic_plan")
+            # In the order of postman.claim: the expired claims, then the due ones with
+            # what _claim_due_postgres sets for them.
+            cases = [(postman._CLAIM_EXPIRED_SQL[c], "deliveries_leased", "") for c in Channel]
+            cases += [(postman._CLAIM_DUE_SQL[c], f"deliveries_due_{c}",
+                       "SET enable_sort = off; SET enable_bitmapscan = off") for c in Channel]
+            cases.append((postman._SMS_BY_REFERENCE, "deliveries_sms_reference", "RESET ALL; "
+                          "SET plan_cache_mode = force_generic_plan"))
+            for number, (sql, index, settings) in enumerate(cases):
+                assert index in names
+                if settings:
+                    await db.execute(settings)
+                await db.execute(f"PREPARE statement{number} AS {sql}")
+                arguments = ("'SM10'" if "$2" not in sql else
+                             "now(), 50, now() + interval '5 minutes'")
+                text = "\n".join(row["QUERY PLAN"] for row in await db.fetch(
+                    f"EXPLAIN EXECUTE statement{number}({arguments})"))
+                assert "$1" in text, text  # a generic plan: the parameters unbound
+                assert index in text and "Seq Scan on deliveries" not in text, text
     finally:
         await close_db(ctx)

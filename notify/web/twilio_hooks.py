@@ -20,9 +20,9 @@ from multidict import MultiDict
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
-from notify import i18n
+from notify import i18n, postman
 from notify.models import Delivery, DeliveryStatus, User
-from notify.settings import Channel, Settings
+from notify.settings import Settings
 from notify.sms import actions, mask, texts
 from notify.sms.keywords import Keyword, classify, from_opt_out_type
 from notify.web.endpoints import SETTINGS
@@ -139,7 +139,7 @@ async def status_callback(request: web.Request) -> web.Response:
         raise BadRequest("the field ErrorCode must be a number")
     code = int(code_text) if code_text else None
     target = STATUSES.get(reported)
-    delivery = await Delivery.get_or_none(channel=Channel.SMS.value, provider_ref=sid)
+    delivery = await postman.sms_by_reference(sid)
     if target is None or delivery is None:
         return web.Response(status=204)  # a status we do not track, or not our message
     earlier = [status for status, rank in RANK.items() if rank < RANK[target]]
