@@ -4,8 +4,8 @@ The index of 0005, (channel, status, next_attempt_at, id), held every delivery, 
 not, and each status change (queued, sending, sent) added an entry. A million-user
 enqueue paid for its 800,000 entries more than for any other index (bench/enqueue.py's
 rows on the 2-core machine of 2026-11-27: a bare INSERT … SELECT with the deliveries'
-indexes took 7.9 s, 6.4 s with these), its
-two text columns first making every comparison in it slow. A claim needs only the queued
+indexes took 7.9 s, 6.4 s with these), its two text columns first making every
+comparison in it slow. A claim needs only the queued
 rows of one channel, in (next_attempt_at, id) order, and the expired claims, a few
 hundred ``sending`` rows at most:
 
