@@ -469,11 +469,16 @@ async def growth(sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000),
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("users", type=int, nargs="?", default=20_000)
-    parser.add_argument("workers", type=int, nargs="?", default=os.cpu_count() or 1)
+    parser.add_argument("users", type=int, nargs="?")
+    parser.add_argument("workers", type=int, nargs="?")
     parser.add_argument("--growth", action="store_true",
-                        help="the send at outboxes of 8,000, 80,000 and 800,000 instead")
+                        help="the send at outboxes of 8,000, 80,000 and 800,000 instead "
+                        "(takes no USERS or WORKERS)")
     args = parser.parse_args()
+    if args.growth and (args.users is not None or args.workers is not None):
+        parser.error("--growth takes no USERS or WORKERS")
+    args.users = 20_000 if args.users is None else args.users
+    args.workers = (os.cpu_count() or 1) if args.workers is None else args.workers
     if args.users < 1 or args.workers < 1:
         parser.error("users and workers must be at least 1")
     asyncio.run(growth() if args.growth else main(args.users, args.workers))

@@ -167,5 +167,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
+    argparse.ArgumentParser(description=__doc__.split(" Run from")[0]).parse_args()
     main()

@@ -106,4 +106,7 @@ async def main(messages: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("messages", type=int, nargs="?", default=2000)
-    asyncio.run(main(parser.parse_args().messages))
+    args = parser.parse_args()
+    if args.messages < 1:
+        parser.error("messages must be at least 1")
+    asyncio.run(main(args.messages))

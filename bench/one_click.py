@@ -113,23 +113,25 @@ async def _measure(kind, args, work, db, url, env, settings, started):  # noqa: 
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backends", default="postgres,sqlite")
-    parser.add_argument("--procs", type=int, default=2, help="web processes on PostgreSQL")
-    parser.add_argument("--sqlite-procs", type=int, default=1,
+    parser.add_argument("--backends", type=c.backends, default="postgres,sqlite")
+    parser.add_argument("--procs", type=c.positive(int), default=2,
+                        help="web processes on PostgreSQL")
+    parser.add_argument("--sqlite-procs", type=c.positive(int), default=1,
                         help="web processes on SQLite (with 2, concurrent one-clicks fail "
                         "with 'database is locked': tortoise begins SQLite transactions "
                         "DEFERRED, so two processes' read-then-write transactions deadlock "
                         "and one gets SQLITE_BUSY at once, whatever busy_timeout says)")
-    parser.add_argument("--connections", type=int, default=16, help="per web process")
-    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--connections", type=c.positive(int), default=16,
+                        help="per web process")
+    parser.add_argument("--seconds", type=c.positive(float), default=10)
     # Each link withdraws once: 100,000 leave 20,000 for the warm-up and 80,000 for the
     # measured 10 s (at ~5,000/s, 80,000 with an eighth for the warm-up ran out on one
     # port: wrk repeated links, answered 200 without a second event).
-    parser.add_argument("--users", type=int, default=100_000)
-    parser.add_argument("--pool", type=int, default=None)
+    parser.add_argument("--users", type=c.positive(int), default=100_000)
+    parser.add_argument("--pool", type=c.positive(int), default=None)
     args = parser.parse_args()
     rows, lost = [], 0
-    for kind in args.backends.split(","):
+    for kind in args.backends:
         result, ceiling, missing = await one_backend(kind, args)
         rows.append((result, ceiling))
         lost += missing + result.non2xx

@@ -196,7 +196,7 @@ async def one_backend(kind: str, args: argparse.Namespace, port: int,
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backends", default="postgres,sqlite")
+    parser.add_argument("--backends", type=c.backends, default="postgres,sqlite")
     parser.add_argument("--messages", type=int, default=4000)
     parser.add_argument("--rate", type=int, default=TARGET_RATE,
                         help="NOTIFY_SMS_RATE of the limited run (lowered to 70%% of the "
@@ -210,7 +210,7 @@ async def main() -> int:
         top = await ceiling(port, args.messages)
         print(f"[ceiling] raw aiohttp → stand-in: {top:.0f} messages/s", flush=True)
         results = {kind: await one_backend(kind, args, port, proc.pid, top)
-                   for kind in args.backends.split(",")}
+                   for kind in args.backends}
     finally:
         c.stop(proc)
         c.cleanup(work)
