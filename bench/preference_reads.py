@@ -69,8 +69,8 @@ async def one_backend(kind: str, args: argparse.Namespace
         def wrk(label: str, items: list[str], seconds: float, rate: float = 0
                 ) -> c.LoadResult:
             return c.run_wrk(label, ports, c.split(items, len(ports)), headers=auth,
-                             seconds=seconds, work=work, rate=rate,
-                             connections=args.paced_connections if rate else args.connections)
+                             seconds=seconds, connections=args.connections, work=work,
+                             rate=rate)
 
         used = c.cpu_times(servers.pids())
         ceiling = await loop.run_in_executor(None, lambda: wrk("healthz", ["/healthz"],
@@ -119,11 +119,9 @@ async def main() -> int:
     parser.add_argument("--rate", type=c.positive(float), default=TARGET_RATE,
                         help="requests a second of the run at a set rate (its p99 is the "
                         "target's)")
-    # At a set rate the connections are only room: each waits for its slot, and a slot
-    # that comes while all are busy is a request sent late (WRK_LUA counts them). 16
-    # left 11% of them late at 3,000/s: a few slow answers held every connection.
-    parser.add_argument("--paced-connections", type=c.positive(int), default=64,
-                        help="per web process, for the run at a set rate")
+    # The run at a set rate keeps --connections: more (64 a process, tried) queue for the
+    # 16 database connections of each web process, which the run at full speed never
+    # does, and read worse (p50 22-42 ms against 8-10 at 3,000/s).
     args = parser.parse_args()
     rows = [row for kind in args.backends for row in await one_backend(kind, args)]
     c.print_table(f"Preference reads: {args.procs} notify serve processes (one port and one "
