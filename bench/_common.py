@@ -485,18 +485,19 @@ def split(items: list[str], parts: int) -> list[list[str]]:
 
 def print_table(title: str, rows: list[tuple[LoadResult, LoadResult]],
                 target_rate: float, target_p99: float,
-                reported_only: tuple[str, ...] = (), paced: bool = False) -> None:
+                reported_only: tuple[str, ...] = ()) -> None:
     """Each figure beside its same-run ceiling, with the ratio, and the issue's target.
     A row whose label names one of ``reported_only`` (a backend the issue asks figures of
-    but sets no target for) says "reported" instead of met or not. ``paced``: the rows
-    at full speed are judged on their rate, those at a set rate (``offered``) on their
-    p99; otherwise a row must meet both."""
+    but sets no target for) says "reported" instead of met or not. In a table with rows
+    at a set rate (``offered``), those are judged on their p99 and the rows at full speed
+    on their rate; otherwise a row must meet both."""
     print(f"\n{title}")
     head = (f"{'':42} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
             f"{'non-2xx':>7} {'errors':>6} {'ceil req/s':>10} {'ceil p99':>8} {'× ceil':>6}  "
             f"target ≥{target_rate:.0f}/s p99≤{target_p99:.0f}ms")
     print(head)
     print("-" * len(head))
+    paced = any(result.offered for result, _ in rows)
     notes = []
     for result, ceiling in rows:
         if result.offered:

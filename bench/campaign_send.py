@@ -33,7 +33,13 @@ from queue import Empty
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import cpu_times, machine_busy, postgres_pids, start_profile  # noqa: E402
+from _common import (  # noqa: E402
+    cpu_times,
+    machine_busy,
+    positive,
+    postgres_pids,
+    start_profile,
+)
 from enqueue import ADMIN, HASH_KEY, admin, load  # noqa: E402 - the bench's shared loader
 
 #: Seconds of sending between two slices of the ceiling, and of signing and of SMTP
@@ -469,8 +475,8 @@ async def growth(sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000),
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("users", type=int, nargs="?")
-    parser.add_argument("workers", type=int, nargs="?")
+    parser.add_argument("users", type=positive(int), nargs="?")
+    parser.add_argument("workers", type=positive(int), nargs="?")
     parser.add_argument("--growth", action="store_true",
                         help="the send at outboxes of 8,000, 80,000 and 800,000 instead "
                         "(takes no USERS or WORKERS)")
@@ -479,6 +485,4 @@ if __name__ == "__main__":
         parser.error("--growth takes no USERS or WORKERS")
     args.users = 20_000 if args.users is None else args.users
     args.workers = (os.cpu_count() or 1) if args.workers is None else args.workers
-    if args.users < 1 or args.workers < 1:
-        parser.error("users and workers must be at least 1")
     asyncio.run(growth() if args.growth else main(args.users, args.workers))

@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import positive  # bench/, the script's own folder
 from aiosmtpd.controller import Controller
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -105,8 +106,5 @@ async def main(messages: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("messages", type=int, nargs="?", default=2000)
-    args = parser.parse_args()
-    if args.messages < 1:
-        parser.error("messages must be at least 1")
-    asyncio.run(main(args.messages))
+    parser.add_argument("messages", type=positive(int), nargs="?", default=2000)
+    asyncio.run(main(parser.parse_args().messages))

@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+from _common import positive  # bench/, the script's own folder
 
 ADMIN = os.environ.get("NOTIFY_BENCH_POSTGRES", "postgres://postgres@127.0.0.1:5432/test")
 HASH_KEY = b"h" * 32
@@ -199,10 +200,7 @@ async def main(largest: int) -> None:
 if __name__ == "__main__":
     started = datetime.now(UTC)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("max_users", type=int, nargs="?", default=1_000_000,
+    parser.add_argument("max_users", type=positive(int), nargs="?", default=1_000_000,
                         help="the largest size run (10k, 100k and 1M up to it)")
-    args = parser.parse_args()
-    if args.max_users < 1:
-        parser.error("max_users must be at least 1")
-    asyncio.run(main(args.max_users))
+    asyncio.run(main(parser.parse_args().max_users))
     print(f"total {(datetime.now(UTC) - started) / timedelta(seconds=1):.0f} s")

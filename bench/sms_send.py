@@ -197,11 +197,11 @@ async def one_backend(kind: str, args: argparse.Namespace, port: int,
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", type=c.backends, default="postgres,sqlite")
-    parser.add_argument("--messages", type=int, default=4000)
-    parser.add_argument("--rate", type=int, default=TARGET_RATE,
+    parser.add_argument("--messages", type=c.positive(int), default=4000)
+    parser.add_argument("--rate", type=c.positive(int), default=TARGET_RATE,
                         help="NOTIFY_SMS_RATE of the limited run (lowered to 70%% of the "
                         "unlimited rate when that is not 15%% above it)")
-    parser.add_argument("--rate-seconds", type=int, default=6)
+    parser.add_argument("--rate-seconds", type=c.positive(int), default=6)
     args = parser.parse_args()
     work = c.workdir("sms-standin")
     proc, port = c.start_standin(work)

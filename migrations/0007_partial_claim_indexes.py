@@ -33,23 +33,19 @@ from tortoise.migrations import operations as ops
 
 CLAIM_INDEX = "idx_deliveries_channel_7a41be"  # 0005's, named by tortoise
 
-PARTIAL = (
-    "CREATE INDEX deliveries_due_email ON deliveries (next_attempt_at, id) "
-    "WHERE status = 'queued' AND channel = 'email'",
-    "CREATE INDEX deliveries_due_sms ON deliveries (next_attempt_at, id) "
-    "WHERE status = 'queued' AND channel = 'sms'",
-    "CREATE INDEX deliveries_leased ON deliveries (channel, id) "
-    "WHERE status = 'sending'",
-    "CREATE INDEX deliveries_sms_reference ON deliveries (provider_ref) "
-    "WHERE channel = 'sms' AND provider_ref IS NOT NULL",
-)
+PARTIAL = {
+    "deliveries_due_email": "(next_attempt_at, id) WHERE status = 'queued' AND channel = 'email'",
+    "deliveries_due_sms": "(next_attempt_at, id) WHERE status = 'queued' AND channel = 'sms'",
+    "deliveries_leased": "(channel, id) WHERE status = 'sending'",
+    "deliveries_sms_reference": "(provider_ref) WHERE channel = 'sms' AND provider_ref IS NOT NULL",
+}
 
 
 async def to_partial(apps, schema_editor) -> None:  # noqa: ANN001 - tortoise's API
     if schema_editor.client.capabilities.dialect != "postgres":
         return
-    for statement in PARTIAL:
-        await schema_editor.client.execute_script(statement)
+    for name, definition in PARTIAL.items():
+        await schema_editor.client.execute_script(f"CREATE INDEX {name} ON deliveries {definition}")
     await schema_editor.client.execute_script(f"DROP INDEX IF EXISTS {CLAIM_INDEX}")
 
 
@@ -59,8 +55,7 @@ async def to_whole(apps, schema_editor) -> None:  # noqa: ANN001 - tortoise's AP
     await schema_editor.client.execute_script(
         f"CREATE INDEX IF NOT EXISTS {CLAIM_INDEX} ON deliveries "
         "(channel, status, next_attempt_at, id)")
-    for name in ("deliveries_due_email", "deliveries_due_sms", "deliveries_leased",
-                 "deliveries_sms_reference"):
+    for name in PARTIAL:
         await schema_editor.client.execute_script(f"DROP INDEX IF EXISTS {name}")
 
 

@@ -635,17 +635,21 @@ async def _claim_due_postgres(connection: Any, channel: str, limit: int,  # noqa
     # nothing else.
     await connection.execute_script(
         "SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off")
-    _, rows = await connection.execute_query(_CLAIM_DUE_SQL[channel], [now, limit, until])
-    claimed = [Delivery._init_from_db(**dict(row)) for row in rows]
+    claimed = await _deliveries(connection, _CLAIM_DUE_SQL[channel], [now, limit, until])
     # RETURNING keeps no order: the order of the queue.
-    claimed.sort(key=lambda d: (d.next_attempt_at, d.id))
-    return claimed
+    return sorted(claimed, key=lambda d: (d.next_attempt_at, d.id))
 
 
 async def _claim_expired_postgres(connection: Any, channel: str, limit: int,  # noqa: ANN401
                                   now: datetime, until: datetime) -> list[Delivery]:
-    _, rows = await connection.execute_query(_CLAIM_EXPIRED_SQL[channel], [now, limit, until])
-    return sorted((Delivery._init_from_db(**dict(row)) for row in rows), key=lambda d: d.id)
+    expired = await _deliveries(connection, _CLAIM_EXPIRED_SQL[channel], [now, limit, until])
+    return sorted(expired, key=lambda d: d.id)
+
+
+async def _deliveries(connection: Any, sql: str, values: list) -> list[Delivery]:  # noqa: ANN401
+    """Whole deliveries rows (``*``) read by raw SQL on PostgreSQL, as models."""
+    _, rows = await connection.execute_query(sql, values)
+    return [Delivery._init_from_db(**dict(row)) for row in rows]
 
 
 async def _claim_expired(channel: str, limit: int, now: datetime, until: datetime
@@ -675,8 +679,8 @@ async def sms_by_reference(reference: str) -> Delivery | None:
     connection = connections.get("default")
     if connection.capabilities.dialect != "postgres":
         return await Delivery.get_or_none(channel=Channel.SMS.value, provider_ref=reference)
-    _, rows = await connection.execute_query(_SMS_BY_REFERENCE, [reference])
-    return Delivery._init_from_db(**dict(rows[0])) if rows else None
+    found = await _deliveries(connection, _SMS_BY_REFERENCE, [reference])
+    return found[0] if found else None
 
 
 async def _claim_due(channel: str, limit: int, now: datetime, until: datetime
