@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import hashlib
 import logging
 import secrets
@@ -324,6 +325,12 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping.set)
+        # What is set up by now (modules, settings, the ORM's models, the channels) lives
+        # as long as the worker: out of the collector's sight, its full collections stop
+        # walking it again every few seconds. They took 2.6% of a campaign worker's CPU,
+        # 1.3% after this (bench/campaign_send.py, gc.callbacks).
+        gc.collect()
+        gc.freeze()
         try:
             with only_sender(settings.database_url):
                 async with running(sender, grace=settings.shutdown_timeout) as sender:

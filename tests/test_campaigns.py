@@ -746,6 +746,29 @@ async def test_a_report_arriving_during_the_batch_is_not_overwritten(client, orm
     assert statuses == {"sent": 3, "complained": 1}
 
 
+async def test_a_takeover_between_the_send_and_its_record_is_not_overwritten(client, orm):
+    # Sent, then the lease taken over by another worker before the outcomes are written
+    # (the sender hung between the two): the new owner's claim stands, the rest is written.
+    with orm:
+        await populate(20, HASH_KEY)
+    made = await create(client, **NEWSLETTER)
+    await client.post(f"/v1/campaigns/{made['id']}/send", headers=ADMIN)
+    postman_ = client.app[POSTMAN]
+    with orm:
+        batch = await postman_.claim(4)
+        known = await postman.Batch.load(postman_.settings, batch)
+        for delivery in batch:
+            await postman_._deliver_one(delivery, known, store.now())
+        theirs = store.now() + timedelta(minutes=5)
+        await Delivery.filter(id=batch[0].id).update(lease_until=theirs, takeovers=1)
+        await postman.record_outcomes(batch)
+        rows = {d.id: d for d in await Delivery.filter(id__in=[d.id for d in batch])}
+    assert (rows[batch[0].id].status, rows[batch[0].id].lease_until) == ("sending", theirs)
+    assert {(rows[d.id].status, rows[d.id].lease_until) for d in batch[1:]} == {("sent", None)}
+    # What was written is what the objects say; the one not written keeps our claim's lease.
+    assert batch[1].lease_until is None and batch[0].lease_until not in (None, theirs)
+
+
 async def test_a_worker_whose_lease_ran_out_neither_sends_nor_overwrites(client, orm, settings):
     with orm:
         await populate(40, HASH_KEY)
