@@ -431,9 +431,31 @@ def test_serve_with_an_empty_environment_records_consent_evidence(process_databa
         code, out, err = stop(proc)
     assert code == 0, err
     assert f"serving on http://127.0.0.1:{port}" in out
+    assert "event loop uvloop" in out  # the default, installed with notify
     assert "Traceback" not in err
     if not process_database:
         assert (tmp_path / "data" / "notify.sqlite3").is_file()
+
+
+def test_serve_on_asyncio_when_asked(tmp_path):
+    port = free_port()
+    proc = start(["serve", "--port", str(port), "--event-loop", "asyncio"], clean_env(),
+                 tmp_path)
+    try:
+        wait_until_healthy(proc, f"http://127.0.0.1:{port}")
+    finally:
+        code, out, err = stop(proc)
+    assert code == 0, err
+    assert f"serving on http://127.0.0.1:{port}" in out and "event loop asyncio" in out
+
+
+def test_serve_with_an_unknown_event_loop_says_which_there_are(tmp_path):
+    result = run(["serve", "--event-loop", "trio"], clean_env(), tmp_path)
+    assert result.code == 2 and "Traceback" not in result.err
+    # (Python's versions quote the choices differently.)
+    error = result.err.splitlines()[-1]
+    assert "--event-loop: invalid choice: 'trio'" in error
+    assert "uvloop" in error and "asyncio" in error
 
 
 @BACKENDS
