@@ -365,11 +365,10 @@ async def main(users: int, workers: int) -> None:
                     break
             polled = time.perf_counter() - start
             if done:
-                # The poll sees the outbox empty up to 0.2 s after the last message went
-                # (5% of a 4-second send): the last slice ends at the last message's
-                # sent_at instead, the moment the sink accepted it (its outcome row is
-                # written a few milliseconds later, with its batch's).
-                last = await poll.fetchval("SELECT extract(epoch FROM max(sent_at)) "
+                # The poll sees the outbox empty up to 0.2 s after the last outcome was
+                # written (5% of a 4-second send): the last slice ends at the last
+                # outcome's updated_at instead (taken as its batch's write began).
+                last = await poll.fetchval("SELECT extract(epoch FROM max(updated_at)) "
                                            "FROM deliveries")
                 if last is not None and 0 < float(last) - wall <= polled:
                     late += polled - (float(last) - wall)
@@ -416,7 +415,7 @@ async def main(users: int, workers: int) -> None:
     print(f"campaign of {queued:,} messages, {workers} worker(s), {cores} cores, "
           f"PostgreSQL, DKIM RSA-2048, smtp-sink")
     print(f"  end to end:                {rate:8,.0f} messages/s ({elapsed:.1f} s of sending "
-          f"in {slices} slices; the poll saw the end {late:.2f} s after the last message)")
+          f"in {slices} slices; the poll saw the end {late:.2f} s after the last outcome)")
     print(f"  ceiling: RSA-2048 on all cores {signatures:8,.0f}/s, raw SMTP sends "
           f"{sends:8,.0f}/s, combined {best:8,.0f}/s ({len(combined)} slices before, "
           f"between and after the send's: {min(combined):,.0f} to {max(combined):,.0f}/s)")

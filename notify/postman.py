@@ -445,12 +445,19 @@ async def _record_final(batch: list[Delivery], claimed: dict[int, datetime | Non
     waited for and its WHERE read again on the new version (READ COMMITTED), so a
     takeover or a report's status stands, as under the locking read. Four round trips a
     batch became one: under a campaign's load each took milliseconds of waiting for a
-    core (bench/campaign_send.py)."""
+    core (bench/campaign_send.py). The objects get the closing values (no lease) where
+    this attempt wrote them: after a retried write whose first reply was lost, the
+    database has them and the objects keep the lease."""
     done = [d for d in batch if d.status != DeliveryStatus.SENDING]  # SENDING: our lease
     if not done:  # ran out before sending; left for the next owner
         return
     closing = {d.id: _closed(d, now) for d in done}
     written = await _write(done, claimed, closing)
+    if len(written) < len(done):
+        # Taken over or reported on meanwhile, or written by an attempt whose reply was
+        # lost (record_outcomes tries again): theirs, or ours, stands in the database.
+        log.info("%d of %d outcomes not written: their claim is no longer ours as taken",
+                 len(done) - len(written), len(done))
     for delivery in done:
         if delivery.id in written:
             for name, value in closing[delivery.id].items():

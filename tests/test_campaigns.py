@@ -769,6 +769,54 @@ async def test_a_takeover_between_the_send_and_its_record_is_not_overwritten(cli
     assert batch[1].lease_until is None and batch[0].lease_until not in (None, theirs)
 
 
+@pytest.mark.parametrize("database_url", [pytest.param("postgres",
+                                                       marks=pytest.mark.postgres)],
+                         indirect=True)
+async def test_outcomes_wait_for_a_takeover_or_report_in_flight_and_let_them_stand(
+        client, orm, database_url):
+    """The outcomes' one UPDATE (postman._record_final) meets a transaction that took one
+    row over, reported on another and touched a third, not yet committed: it waits, then
+    reads its WHERE again on what committed (READ COMMITTED). The takeover and the report
+    stand; the row changed elsewhere and the untouched ones get their outcomes."""
+    import asyncpg
+
+    with orm:
+        await populate(20, HASH_KEY)
+    made = await create(client, **NEWSLETTER)
+    await client.post(f"/v1/campaigns/{made['id']}/send", headers=ADMIN)
+    postman_ = client.app[POSTMAN]
+    with orm:
+        batch = await postman_.claim(4)
+        known = await postman.Batch.load(postman_.settings, batch)
+        for delivery in batch:
+            await postman_._deliver_one(delivery, known, store.now())
+    taken, reported, touched, untouched = (d.id for d in batch)
+    other = await asyncpg.connect(database_url.replace("asyncpg://", "postgres://"))
+    try:
+        racing = other.transaction()
+        await racing.start()
+        await other.execute("UPDATE deliveries SET lease_until = lease_until + interval "
+                            "'5 minutes', takeovers = 1 WHERE id = $1", taken)
+        await other.execute("UPDATE deliveries SET status = 'complained' WHERE id = $1",
+                            reported)
+        await other.execute("""UPDATE deliveries SET context = '{"noted": 1}' WHERE id = $1""",
+                            touched)  # a column that outcomes do not write
+        with orm:
+            recording = asyncio.ensure_future(postman.record_outcomes(batch))
+            await asyncio.sleep(0.5)
+            assert not recording.done()  # waiting for the row locks
+            await racing.commit()
+            await recording
+        rows = {r["id"]: (r["status"], r["lease_until"] is None, r["noted"])
+                for r in await other.fetch("SELECT id, status, lease_until, context->>'noted' "
+                                           "AS noted FROM deliveries WHERE id = ANY($1)", list(
+                                               (taken, reported, touched, untouched)))}
+    finally:
+        await other.close()
+    assert rows == {taken: ("sending", False, None), reported: ("complained", False, None),
+                    touched: ("sent", True, "1"), untouched: ("sent", True, None)}
+
+
 async def test_a_worker_whose_lease_ran_out_neither_sends_nor_overwrites(client, orm, settings):
     with orm:
         await populate(40, HASH_KEY)
