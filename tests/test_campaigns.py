@@ -817,6 +817,43 @@ async def test_outcomes_wait_for_a_takeover_or_report_in_flight_and_let_them_sta
                     touched: ("sent", True, "1"), untouched: ("sent", True, None)}
 
 
+class _FailsFor:
+    """The outbox channel, but one recipient's send raises what no channel should (a bug,
+    a lost database while recording its bounce): the fault the batch must contain."""
+
+    def __init__(self, channel, address: str) -> None:  # noqa: ANN001
+        self.channel, self.address = channel, address
+
+    async def send(self, envelope):  # noqa: ANN001, ANN201
+        if self.address in envelope.rcpt_to:
+            raise RuntimeError("a bug in one send")
+        return await self.channel.send(envelope)
+
+
+async def test_one_send_raising_loses_neither_the_others_nor_their_outcomes(client, orm,
+                                                                            settings):
+    with orm:
+        await populate(40, HASH_KEY)
+    made = await create(client, **NEWSLETTER)
+    await client.post(f"/v1/campaigns/{made['id']}/send", headers=ADMIN)
+    postman_ = client.app[POSTMAN]
+    with orm:
+        batch = await postman_.claim(8)
+        unlucky = (await User.get(id=batch[1].user_id)).email
+        channel, postman_.channel = postman_.channel, _FailsFor(postman_.channel, unlucky)
+        try:
+            with pytest.raises(RuntimeError, match="a bug in one send"):
+                await postman_.deliver_batch(batch)
+        finally:
+            postman_.channel = channel
+        rows = {d.id: d.status for d in await Delivery.filter(id__in=[d.id for d in batch])}
+    # The one whose send raised keeps its claim, to be taken over; every other message of
+    # the batch, before and after it, was sent and recorded.
+    assert rows.pop(batch[1].id) == "sending"
+    assert set(rows.values()) == {"sent"} and len(rows) == 7
+    assert len(outbox(settings)) == 7
+
+
 async def test_a_worker_whose_lease_ran_out_neither_sends_nor_overwrites(client, orm, settings):
     with orm:
         await populate(40, HASH_KEY)
