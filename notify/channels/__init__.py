@@ -53,6 +53,8 @@ class Receipt:
 
 class EmailChannel(Protocol):
     name: str
+    #: How many sends of one batch the postman runs at once (its SMTP pool, say).
+    concurrency: int
 
     async def send(self, envelope: Envelope) -> Receipt: ...
 

@@ -16,6 +16,8 @@ from notify.channels import DeliveryError, Envelope, Receipt
 
 class FileEmailChannel:
     name = "file"
+    #: Files written at once (each in a thread; the default executor has at least 5).
+    concurrency = 8
 
     def __init__(self, outbox: Path) -> None:
         self.outbox = outbox

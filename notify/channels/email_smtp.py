@@ -40,6 +40,7 @@ class SmtpEmailChannel:
         self.tls_context = tls_context
         self._idle: list[aiosmtplib.SMTP | _Pipelined] = []
         self._slots = asyncio.Semaphore(settings.smtp_pool_size)
+        self.concurrency = settings.smtp_pool_size
         # At most smtp_rate messages a second, on average and in any one second
         # (notify.pace); 0 means no limit.
         self._rate = Pace(settings.smtp_rate) if settings.smtp_rate else None
