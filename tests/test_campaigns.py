@@ -746,19 +746,34 @@ async def test_a_report_arriving_during_the_batch_is_not_overwritten(client, orm
     assert statuses == {"sent": 3, "complained": 1}
 
 
-async def test_a_takeover_between_the_send_and_its_record_is_not_overwritten(client, orm):
-    # Sent, then the lease taken over by another worker before the outcomes are written
-    # (the sender hung between the two): the new owner's claim stands, the rest is written.
+async def newsletter_claimed(client, orm, size: int, users: int = 20  # noqa: ANN001
+                             ) -> list[Delivery]:
+    """A batch of ``size`` of a newsletter's deliveries to ``users`` people, claimed."""
     with orm:
-        await populate(20, HASH_KEY)
+        await populate(users, HASH_KEY)
     made = await create(client, **NEWSLETTER)
     await client.post(f"/v1/campaigns/{made['id']}/send", headers=ADMIN)
+    with orm:
+        return await client.app[POSTMAN].claim(size)
+
+
+async def sent_not_recorded(client, orm, size: int) -> list[Delivery]:  # noqa: ANN001
+    """A batch of a newsletter's deliveries, claimed and sent, their outcomes on the
+    objects and not yet written."""
+    batch = await newsletter_claimed(client, orm, size)
     postman_ = client.app[POSTMAN]
     with orm:
-        batch = await postman_.claim(4)
         known = await postman.Batch.load(postman_.settings, batch)
         for delivery in batch:
             await postman_._deliver_one(delivery, known, store.now())
+    return batch
+
+
+async def test_a_takeover_between_the_send_and_its_record_is_not_overwritten(client, orm):
+    # Sent, then the lease taken over by another worker before the outcomes are written
+    # (the sender hung between the two): the new owner's claim stands, the rest is written.
+    batch = await sent_not_recorded(client, orm, 4)
+    with orm:
         theirs = store.now() + timedelta(minutes=5)
         await Delivery.filter(id=batch[0].id).update(lease_until=theirs, takeovers=1)
         await postman.record_outcomes(batch)
@@ -780,16 +795,7 @@ async def test_outcomes_wait_for_a_takeover_or_report_in_flight_and_let_them_sta
     stand; the row changed elsewhere and the untouched ones get their outcomes."""
     import asyncpg
 
-    with orm:
-        await populate(20, HASH_KEY)
-    made = await create(client, **NEWSLETTER)
-    await client.post(f"/v1/campaigns/{made['id']}/send", headers=ADMIN)
-    postman_ = client.app[POSTMAN]
-    with orm:
-        batch = await postman_.claim(4)
-        known = await postman.Batch.load(postman_.settings, batch)
-        for delivery in batch:
-            await postman_._deliver_one(delivery, known, store.now())
+    batch = await sent_not_recorded(client, orm, 4)
     taken, reported, touched, untouched = (d.id for d in batch)
     other = await asyncpg.connect(database_url.replace("asyncpg://", "postgres://"))
     try:
@@ -832,13 +838,9 @@ class _FailsFor:
 
 async def test_one_send_raising_loses_neither_the_others_nor_their_outcomes(client, orm,
                                                                             settings):
-    with orm:
-        await populate(40, HASH_KEY)
-    made = await create(client, **NEWSLETTER)
-    await client.post(f"/v1/campaigns/{made['id']}/send", headers=ADMIN)
+    batch = await newsletter_claimed(client, orm, 8, users=40)
     postman_ = client.app[POSTMAN]
     with orm:
-        batch = await postman_.claim(8)
         unlucky = (await User.get(id=batch[1].user_id)).email
         # One send at a time: the one that raised must not end the sending of the rest
         # (with several, the others would take the rest over and hide it).
