@@ -165,8 +165,7 @@ class Postman:
         # Every sender ends before the outcomes are written, whatever one of them raised
         # (return_exceptions): a message still out would be recorded as unsent, then sent
         # again by whoever takes its claim over. A cancellation of the batch still cancels.
-        senders = min(getattr(self.channel, "concurrency", self.settings.smtp_pool_size),
-                      len(ready))
+        senders = min(self.channel.concurrency, len(ready))
         ended = await asyncio.gather(*(sender() for _ in range(senders)),
                                      return_exceptions=True)
         errors += [result for result in ended if isinstance(result, BaseException)]

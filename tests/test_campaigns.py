@@ -825,7 +825,11 @@ async def test_outcomes_wait_for_a_takeover_or_report_in_flight_and_let_them_sta
 
 class _FailsFor:
     """The outbox channel, but one recipient's send raises what no channel should (a bug,
-    a lost database while recording its bounce): the fault the batch must contain."""
+    a lost database while recording its bounce): the fault the batch must contain. One
+    send at a time: the one that raised must not end the sending of the rest (with
+    several senders, the others would take the rest over and hide it)."""
+
+    concurrency = 1
 
     def __init__(self, channel, address: str) -> None:  # noqa: ANN001
         self.channel, self.address = channel, address
@@ -842,11 +846,7 @@ async def test_one_send_raising_loses_neither_the_others_nor_their_outcomes(clie
     postman_ = client.app[POSTMAN]
     with orm:
         unlucky = (await User.get(id=batch[1].user_id)).email
-        # One send at a time: the one that raised must not end the sending of the rest
-        # (with several, the others would take the rest over and hide it).
-        faulty = _FailsFor(postman_.channel, unlucky)
-        faulty.concurrency = 1
-        channel, postman_.channel = postman_.channel, faulty
+        channel, postman_.channel = postman_.channel, _FailsFor(postman_.channel, unlucky)
         try:
             with pytest.raises(RuntimeError, match="a bug in one send"):
                 await postman_.deliver_batch(batch)
